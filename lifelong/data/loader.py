@@ -1,0 +1,145 @@
+"""Readers for the shards written by ``lifelong.data.shards``.
+
+- ``train_batches``: endless, shuffled training batches, the same count on every DDP rank.
+- ``read_all``: the full shard contents, in order, for evaluation and the classifier.
+
+Both decode ``png`` bytes with PIL and parse ``cls`` as an int; nothing is ever unpickled, so a
+tampered shard cannot run code (WebDataset's default decoders unpickle ``.pyd``/``.pth``).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import os
+import tarfile
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from lifelong.data.shards import ShardError
+
+
+def train_batches(
+    shard_paths: list[str],
+    *,
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    num_workers: int = 0,
+    shuffle_buffer: int = 1000,
+) -> wds.WebLoader:
+    """Iterable yielding exactly ``num_batches`` batches ``(x, y)`` per rank (per ``iter()``).
+
+    x: float32 (B, 1, H, W) in [-1, 1]; y: int64 (B,).
+
+    Why resampling: splitting shards across ranks (WebDataset's default) gives a rank zero or fewer
+    batches whenever shards < ranks x loader workers, and DDP then hangs at the next all-reduce
+    (webdataset#188). Instead every rank and loader worker draws shards at random with replacement
+    from the whole list and stops after a fixed number of batches (the maintainers' fix, #250).
+    The rank comes from env ``RANK``/``WORLD_SIZE`` (set by Ray Train), else torch.distributed,
+    else 0; it is mixed into the seeds so ranks see different samples.
+
+    Joint training over several tasks: pass the union of their shard lists. Shards are drawn
+    uniformly, so tasks are sampled in proportion to their sample counts *provided shards hold
+    about the same number of samples* -- true for shards from ``write_dataset_shards``, which
+    splits each task into near-equal shards of at most ``samples_per_shard``.
+
+    Same ``seed``, rank and ``num_workers`` -> the same batches: a resumed run should pass a new
+    seed (e.g. base seed + step) rather than replay the batches it already saw.
+    """
+    if not shard_paths:
+        raise ValueError("train_batches needs at least one shard path")
+    if batch_size < 1 or num_batches < 1:
+        raise ValueError(f"batch_size and num_batches must be >= 1, got {batch_size}, {num_batches}")
+    paths = [os.path.abspath(p) for p in shard_paths]  # Ray workers chdir: never pass relative paths on
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ShardError(f"shard {path} is missing; re-run the prepare stage (`dvc repro prepare`)")
+
+    # Each loader worker runs its own copy of this pipeline; together they must produce at least
+    # num_batches, and the loader-level with_epoch below cuts the total to exactly num_batches.
+    batches_per_worker = math.ceil(num_batches / max(1, num_workers))
+    dataset = wds.DataPipeline(
+        # Not wds.WebDataset(resampled=True, ...): it ignores `seed` for the shard draw and mixes in
+        # time and os.urandom, so runs would not be reproducible. deterministic=True seeds the draw
+        # from (rank * 1000 + worker, epoch, seed). No nodesplitter: every rank sees all shards.
+        wds.ResampledShards(paths, seed=seed, deterministic=True),
+        wds.tarfile_to_samples(),
+        functools.partial(_shuffle_per_worker, bufsize=shuffle_buffer, seed=seed),
+        wds.map(_decode_sample),
+        wds.batched(batch_size, collation_fn=_collate, partial=False),
+    ).with_epoch(batches_per_worker)
+    # batch_size=None: batches are already formed inside the pipeline.
+    return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers).with_epoch(num_batches)
+
+
+def read_all(shard_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read every sample of ``shard_paths`` in file order: (uint8 images (N, H, W), int64 labels (N,)).
+
+    A missing, truncated or corrupt shard raises ``ShardError`` naming the file.
+    """
+    if not shard_paths:
+        raise ValueError("read_all needs at least one shard path")
+    images, labels = [], []
+    for path in shard_paths:
+        for key, sample in _read_tar(path).items():
+            if "png" not in sample or "cls" not in sample:
+                raise ShardError(f"sample {key!r} in {path} lacks a png or cls member; re-run `dvc repro prepare`")
+            images.append(sample["png"])
+            labels.append(sample["cls"])
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+def _read_tar(path: str) -> dict[str, dict]:
+    """Group a shard's members by key: {key: {"png": (H, W) uint8, "cls": int}} in file order."""
+    samples: dict[str, dict] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                # WebDataset convention: key = name up to the first dot of the basename.
+                key, _, ext = member.name.partition(".")
+                if ext not in ("png", "cls"):
+                    continue  # never decode anything else (e.g. pickles)
+                data = tar.extractfile(member).read()
+                value = _decode_png(data) if ext == "png" else int(data)
+                samples.setdefault(key, {})[ext] = value
+    except FileNotFoundError:
+        raise ShardError(f"shard {path} is missing; re-run the prepare stage (`dvc repro prepare`)") from None
+    except (tarfile.TarError, OSError, ValueError) as e:  # PIL raises OSError, int() ValueError
+        raise ShardError(f"shard {path} is corrupt ({e}); re-run the prepare stage (`dvc repro prepare`)") from e
+    return samples
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"), dtype=np.uint8)  # (H, W)
+
+
+def _decode_sample(sample: dict) -> tuple[np.ndarray, int]:
+    try:
+        return _decode_png(sample["png"]), int(sample["cls"])
+    except KeyError as e:
+        raise ShardError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} lacks member {e}") from e
+
+
+def _shuffle_per_worker(samples, *, bufsize: int, seed: int):
+    """Buffer shuffle seeded per (rank, loader worker): with a single shard, every rank reads the
+    same file, and only this keeps their batches different. Seeded at iteration time because that
+    is when we run inside the worker process. A module-level function, so it pickles under spawn."""
+    worker_seed = wds.utils.make_seed(wds.utils.pytorch_worker_seed(), seed)
+    # initial=bufsize: fill the buffer before the first sample so early batches are mixed too.
+    yield from wds.shuffle(bufsize, initial=bufsize, seed=worker_seed)(samples)
+
+
+def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*samples)
+    x = torch.from_numpy(np.stack(images)).unsqueeze(1)  # (B, H, W) uint8 -> (B, 1, H, W)
+    x = x.float() / 127.5 - 1.0  # [0, 255] -> [-1, 1], the range the generators model
+    return x, torch.tensor(labels, dtype=torch.int64)

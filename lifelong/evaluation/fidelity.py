@@ -1,0 +1,137 @@
+"""FID / KID of generated vs real images with torch-fidelity, fully offline.
+
+torch_fidelity is imported lazily (it costs ~10 s); `import lifelong.evaluation` stays cheap.
+Always pass pre-generated images: torch-fidelity 0.4.0's conditional `GenerativeModelBase` path
+calls `np.int`, which no longer exists in NumPy >= 1.24.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lifelong.evaluation.classifier import accuracy, load_classifier
+
+__all__ = ["quality", "inception_weights_path", "FEATURE_EXTRACTORS", "LifelongCNNExtractor"]
+
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
+)
+FEATURE_EXTRACTORS = ("lifelong-cnn", "inception-v3-compat")
+
+
+def inception_weights_path() -> str:
+    """Where torch.hub would cache the Inception weights: $TORCH_HOME/hub/checkpoints/<file>."""
+    torch_home = os.environ.get("TORCH_HOME", os.path.join(os.path.expanduser("~"), ".cache", "torch"))
+    return os.path.join(torch_home, "hub", "checkpoints", INCEPTION_WEIGHTS_FILE)
+
+
+class _GrayAsRGB(Dataset):
+    """uint8 (N, H, W) -> items uint8 (3, H, W): the bare-tensor contract of torch-fidelity."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i].unsqueeze(0).expand(3, -1, -1).contiguous()
+
+
+def _check_images(name: str, images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3 or len(images) < 2:
+        raise ValueError(
+            f"{name} must be uint8 (N, H, W) with N >= 2, got {images.dtype} {images.shape}"
+        )
+    return images
+
+
+def _resolve_extractor(feature_extractor: str, classifier_path: str) -> str:
+    """Weights path to hand torch-fidelity for the chosen extractor; fails before any heavy import."""
+    if feature_extractor == "lifelong-cnn":
+        return os.path.abspath(os.fspath(classifier_path))
+    if feature_extractor == "inception-v3-compat":
+        path = inception_weights_path()
+        if not os.path.isfile(path):
+            # torch-fidelity would try to download it; this pipeline runs offline, so say what to do.
+            raise FileNotFoundError(
+                f"Inception weights not found at {path}. This pipeline never downloads; fetch "
+                f"{INCEPTION_WEIGHTS_URL} on a machine with network access and put it at that path "
+                f"(or set TORCH_HOME to the directory holding hub/checkpoints/{INCEPTION_WEIGHTS_FILE}), "
+                f'or use feature_extractor="lifelong-cnn".'
+            )
+        return path
+    raise ValueError(f"unknown feature_extractor {feature_extractor!r}; valid: {', '.join(FEATURE_EXTRACTORS)}")
+
+
+def quality(
+    generated: np.ndarray,
+    generated_labels: np.ndarray,
+    real: np.ndarray,
+    *,
+    classifier_path: str,
+    feature_extractor: str = "lifelong-cnn",
+    kid_subset_size: int = 1000,
+    device: str = "cpu",
+) -> dict:
+    """FID and KID of `generated` vs `real`, and the classifier's accuracy on `generated`.
+
+    generated: uint8 (N, H, W); generated_labels: (N,) the classes they were conditioned on;
+    real: uint8 (M, H, W). KID subsets are clamped to min(kid_subset_size, N, M).
+    Returns {"fid", "kid" (mean over subsets), "acc", "feature_extractor"}.
+    """
+    generated = _check_images("generated", generated)
+    real = _check_images("real", real)
+    if generated.shape[1:] != real.shape[1:]:
+        raise ValueError(f"generated {generated.shape[1:]} and real {real.shape[1:]} image sizes differ")
+    weights_path = _resolve_extractor(feature_extractor, classifier_path)
+    classifier = load_classifier(classifier_path)  # fails fast, before the slow import below
+
+    use_cuda = device.startswith("cuda")
+    if use_cuda:
+        classifier.to(device)
+    acc = accuracy(classifier, generated, generated_labels)
+
+    import torch_fidelity
+
+    if feature_extractor == "lifelong-cnn":
+        import lifelong.evaluation.cnn_extractor  # noqa: F401  (registers "lifelong-cnn")
+
+    # torch-fidelity calls .cuda() without an index, so pin the current device for "cuda:N".
+    device_ctx = torch.cuda.device(torch.device(device)) if use_cuda else contextlib.nullcontext()
+    with device_ctx:
+        metrics = torch_fidelity.calculate_metrics(
+            input1=_GrayAsRGB(generated),
+            input2=_GrayAsRGB(real),
+            fid=True,
+            kid=True,
+            kid_subset_size=min(kid_subset_size, len(generated), len(real)),
+            feature_extractor=feature_extractor,
+            feature_extractor_weights_path=weights_path,
+            cuda=use_cuda,
+            cache=False,  # cache keys carry no data hash: stale statistics otherwise
+            verbose=False,
+            save_cpu_ram=True,  # no DataLoader worker processes
+        )
+    return {
+        "fid": float(metrics["frechet_inception_distance"]),
+        "kid": float(metrics["kernel_inception_distance_mean"]),
+        "acc": acc,
+        "feature_extractor": feature_extractor,
+    }
+
+
+def __getattr__(name: str):
+    # The extractor subclasses a torch_fidelity class, so it is only built on first access.
+    if name == "LifelongCNNExtractor":
+        from lifelong.evaluation.cnn_extractor import LifelongCNNExtractor
+
+        return LifelongCNNExtractor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,72 @@
+"""Replay shared by generative replay and generative distillation (Masip et al., CoLLAs 2024).
+
+For task n >= 2, each step:
+  x^, y^ ~ teacher via DDIM (S steps, eta = 0), y^ ~ U(previous classes)
+  x^_t   = sqrt(abar_t) x^ + sqrt(1 - abar_t) eps,  t ~ U[0, T)
+  L_replay = || target - eps_theta(x^_t, t, y^) ||^2
+  loss   = (1/n) L_data + (1 - 1/n) * lambda * L_replay
+The two methods differ only in `replay_target`: the true noise eps (GR) or eps_teacher(x^_t, t, y^) (GD).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lifelong.methods.base import Method
+from lifelong.methods.losses import NoisedBatch, eps_mse, forward_diffuse
+from lifelong.models.diffusion import DiffusionConfig, ddim_sample
+
+
+def sample_replay(
+    teacher: nn.Module,
+    previous_classes: list[int],
+    n: int,
+    cfg: DiffusionConfig,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """A replay batch from the frozen teacher: x^ (n, C, H, W) in [-1, 1] and y^ (n,), on the teacher's device."""
+    if not previous_classes:
+        raise ValueError("replay needs at least one class from earlier tasks")
+    classes = torch.as_tensor(previous_classes, dtype=torch.long)
+    y_hat = classes[torch.randint(len(classes), (n,), generator=generator)]  # uniform over earlier classes
+    x_hat = ddim_sample(teacher, y_hat, cfg=cfg, num_steps=steps, generator=generator)
+    return x_hat, y_hat.to(x_hat.device)
+
+
+def replay_target(q: NoisedBatch) -> Tensor:
+    """Generative replay: treat x^ as real data, so the target is the noise that made x^_t."""
+    return q.eps
+
+
+@torch.no_grad()
+def distillation_target(teacher: nn.Module, q: NoisedBatch, y_hat: Tensor) -> Tensor:
+    """Generative distillation: match the teacher's eps_teacher(x^_t, t, y^) (its whole reverse process)."""
+    return teacher(q.x_t, q.t, y_hat)
+
+
+class ReplayMethod(Method):
+    """Shared loop of GR and GD; subclasses only say what eps_theta on the replay batch should match."""
+
+    needs_teacher = True
+
+    def replay_target(self, q: NoisedBatch, y_hat: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, x0: Tensor, y: Tensor) -> dict[str, Tensor]:
+        if self.task is None:
+            raise RuntimeError("call before_task(task, teacher) before loss()")
+        n = self.task.num_seen_tasks
+        l_data = self.data_loss(model, x0, y)
+        if n == 1:  # nothing to remember yet
+            return {"loss": l_data, "loss_data": l_data.detach()}
+
+        x_hat, y_hat = sample_replay(
+            self.teacher, self.task.previous_classes, x0.shape[0], self.cfg, self.replay_ddim_steps, self.generator
+        )
+        q = forward_diffuse(self.scheduler, x_hat.to(x0))  # x^_t, t, eps; a new batch, x0 is untouched
+        y_hat = y_hat.to(y.device)
+        l_replay = eps_mse(self.replay_target(q, y_hat), model(q.x_t, q.t, y_hat))
+        loss = (1 / n) * l_data + (1 - 1 / n) * self.distill_weight * l_replay
+        return {"loss": loss, "loss_data": l_data.detach(), "loss_replay": l_replay.detach()}

@@ -1,0 +1,171 @@
+"""Class-conditional DDPM (eps-prediction) built from diffusers parts.
+
+The network (`ConditionalUNet`, a thin wrapper over diffusers' `UNet2DModel`) is kept separate from
+the noise schedule (`DDPMScheduler` for training, `DDIMScheduler` for sampling), as in diffusers.
+Replay during training and evaluation both sample through `ddim_sample`.
+Data convention: images in [-1, 1], shape (B, C, H, W); labels are LongTensors of shape (B,).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor, nn
+
+
+@dataclass
+class DiffusionConfig:
+    image_size_px: int = 16  # side of the square images; must halve cleanly once per extra level
+    in_channels: int = 1  # 1 for (Fashion-)MNIST, 3 for RGB
+    num_classes: int = 10  # size of the class-embedding table (labels 0..num_classes-1)
+    block_out_channels: tuple[int, ...] = (32, 64)  # one entry per resolution; paper GPU profile: (64, 128, 256, 512)
+    layers_per_block: int = 1  # resnet layers per resolution level
+    attention: bool = False  # self-attention at the lowest resolution (AttnDown/AttnUpBlock2D)
+    num_train_timesteps: int = 1000  # T of the forward process
+    beta_start: float = 1e-4  # linear beta schedule, Ho et al. (2020)
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        levels = len(self.block_out_channels)
+        if levels < 1:
+            raise ValueError("block_out_channels: need at least one level")
+        if self.image_size_px % 2 ** (levels - 1) != 0:
+            raise ValueError(
+                f"image_size_px={self.image_size_px} cannot be halved {levels - 1} times "
+                f"for block_out_channels={self.block_out_channels}"
+            )
+        if not 0.0 < self.beta_start < self.beta_end < 1.0:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)  # JSON has no tuples
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiffusionConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"DiffusionConfig: unknown keys {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**d)
+
+
+class ConditionalUNet(nn.Module):
+    """eps_theta(x_t, t, y): returns a plain tensor so callers never see diffusers' output types."""
+
+    def __init__(self, unet: UNet2DModel) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        # x_t: (B, C, H, W), t: (B,) long, y: (B,) long -> eps: (B, C, H, W)
+        return self.unet(x_t, t, class_labels=y).sample
+
+
+def _norm_groups(channels: tuple[int, ...]) -> int:
+    # GroupNorm needs a group count dividing every width; 32 is diffusers' default for wide nets,
+    # tiny test nets (8, 16) get 8.
+    return math.gcd(32, *channels)
+
+
+def build_unet(cfg: DiffusionConfig) -> ConditionalUNet:
+    levels = len(cfg.block_out_channels)
+    lowest_down = "AttnDownBlock2D" if cfg.attention else "DownBlock2D"
+    lowest_up = "AttnUpBlock2D" if cfg.attention else "UpBlock2D"
+    unet = UNet2DModel(
+        sample_size=cfg.image_size_px,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.in_channels,  # eps has the image's shape
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=("DownBlock2D",) * (levels - 1) + (lowest_down,),
+        up_block_types=(lowest_up,) + ("UpBlock2D",) * (levels - 1),
+        norm_num_groups=_norm_groups(cfg.block_out_channels),
+        num_class_embeds=cfg.num_classes,  # class embedding added to the time embedding
+    )
+    return ConditionalUNet(unet)
+
+
+def make_ddpm_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+        clip_sample=True,  # data lives in [-1, 1]
+    )
+
+
+def make_ddim_scheduler(cfg: DiffusionConfig) -> DDIMScheduler:
+    return DDIMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule="linear",
+        prediction_type="epsilon",
+        clip_sample=True,  # data lives in [-1, 1]
+        set_alpha_to_one=True,  # last step lands on the clean x_0 prediction
+        # "trailing" starts at t = T-1 for any step count: with the default "leading" spacing a
+        # 1-step sampler would start from pure noise at t=0 and 2 steps at t=500 (few-step replay
+        # needs the first step at the pure-noise end; Lin et al., "Common Diffusion Noise
+        # Schedules and Sample Steps are Flawed", WACV 2024).
+        timestep_spacing="trailing",
+    )
+
+
+def _param(model: nn.Module) -> Tensor:
+    return next(model.parameters())
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: nn.Module,
+    labels: Tensor,
+    *,
+    cfg: DiffusionConfig,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """DDIM (eta = 0) from x_T ~ N(0, I); returns images in [-1, 1], (N, C, H, W) on model's device.
+
+    The generator only draws x_T (eta = 0 is deterministic); it may live on the CPU for a GPU model.
+    """
+    p = _param(model)
+    device, dtype = p.device, p.dtype
+    sched = make_ddim_scheduler(cfg)  # fresh per call: set_timesteps mutates the scheduler
+    sched.set_timesteps(num_steps)
+    y = labels.to(device=device, dtype=torch.long)  # (N,)
+    shape = (y.shape[0], cfg.in_channels, cfg.image_size_px, cfg.image_size_px)
+    x = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # x_T: (N, C, H, W)
+    for t in sched.timesteps:
+        t_batch = torch.full((y.shape[0],), int(t), device=device, dtype=torch.long)
+        eps = model(x, t_batch, y)
+        x = sched.step(eps, t, x, eta=0.0).prev_sample.to(dtype)
+    return x.clamp(-1.0, 1.0)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] float -> [0, 255] uint8, same shape."""
+    return ((x.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def save_state(model: nn.Module, cfg: DiffusionConfig) -> dict[str, Any]:
+    """Checkpoint of only primitives and tensors, so `torch.load(weights_only=True)` reads it."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"config": cfg.to_dict(), "state_dict": state}
+
+
+def load_state(d: dict[str, Any]) -> ConditionalUNet:
+    cfg = DiffusionConfig.from_dict(d["config"])
+    model = build_unet(cfg)
+    model.load_state_dict(d["state_dict"])
+    return model

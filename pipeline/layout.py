@@ -1,0 +1,118 @@
+"""Where every stage reads and writes: the single place that knows the repository layout.
+
+All paths are absolute (anchored on $DVC_ROOT): Ray workers change directory, and a relative
+sqlite:///mlflow.db would silently create a second database somewhere under /tmp/ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.params import Params, repo_root
+
+# Telemetry off everywhere a stage runs (also set by scripts/setup.sh and `lifelong repro`).
+for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}.items():
+    os.environ.setdefault(_k, _v)
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "data" / "shards"
+
+    def task_shards(self, task: int) -> Path:
+        return self.shards / f"task-{task}"
+
+    def receipt(self, method: str, task: int) -> Path:
+        return self.root / "results" / "receipts" / method / f"task-{task}.json"
+
+    @property
+    def classifier(self) -> Path:
+        return self.root / "models" / "classifier.pt"
+
+    @property
+    def classifier_receipt(self) -> Path:
+        return self.root / "results" / "receipts" / "classifier.json"
+
+    def eval_result(self, method: str) -> Path:
+        return self.root / "results" / "eval" / f"{method}.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "results" / "metrics.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "results" / "plots"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "results" / "report.md"
+
+    def storage_path(self, params: Params) -> str:
+        return params.train.storage_path or str(self.root / "runs")
+
+    def tracking_uri(self, params: Params) -> str:
+        return params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.root / "mlartifacts"
+
+
+def layout() -> Layout:
+    return Layout(repo_root())
+
+
+def write_json(path: Path, obj) -> None:
+    """Stable formatting (sorted keys) so unchanged content hashes the same for DVC; written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, *, what: str, fix: str) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found ({what}); {fix}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({what}): {err}; {fix}") from None
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def run_stage(main) -> None:
+    """Entry point of every stage: a user error (bad params, missing shard/model/receipt) is one clear
+    message on stderr and exit code 2, not a traceback. Anything else is a bug and keeps its traceback."""
+    import sys
+
+    from pipeline.params import ParamsError
+
+    user_errors: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, LookupError)
+    try:
+        from lifelong.data import DataSourceError, ShardError
+
+        user_errors += (DataSourceError, ShardError)
+    except ImportError:
+        pass
+    try:
+        code = main()
+    except user_errors as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

@@ -1,0 +1,221 @@
+"""The schema of params.yaml: one pydantic model per section, validated before anything runs.
+
+Every error names the key path (e.g. ``train.steps_per_task``) and what is allowed, so a typo in
+params.yaml fails in a second with the fix, not after a Ray cluster has started.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Kept in sync with lifelong.methods.METHODS (a test checks it); duplicated here so that validating
+# params.yaml does not import torch (~6 s) before it can say "typo".
+METHOD_NAMES = ("finetune", "joint", "generative_replay", "generative_distillation")
+DATASET_NAMES = ("fashion_mnist", "digits", "image_folder")
+FEATURE_EXTRACTORS = ("lifelong-cnn", "inception-v3-compat")
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names every bad key path."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo'd key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    dataset: Literal["fashion_mnist", "digits", "image_folder"] = "fashion_mnist"
+    root: str | None = None  # folder with the idx files / image folders; else env LIFELONG_DATA_ROOT, Debian's package
+    download: bool = False  # allow torchvision's download (needs internet)
+    image_size_px: int = Field(16, ge=8, le=256)  # images are resized once, in `prepare`
+    tasks: list[list[int]] = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]  # classes added by task 1, 2, ...
+    train_per_class: int | None = Field(None, gt=0)  # cap on training images per class (None: all)
+    test_per_class: int | None = Field(None, gt=0)  # cap on test images per class (None: all)
+    samples_per_shard: int = Field(2000, gt=0)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_partition_classes(cls, tasks: list[list[int]]) -> list[list[int]]:
+        if not tasks:
+            raise ValueError("needs at least one task, e.g. [[0, 1], [2, 3]]")
+        seen: set[int] = set()
+        for k, classes in enumerate(tasks, start=1):
+            if not classes:
+                raise ValueError(f"task {k} is empty; every task needs at least one class")
+            for c in classes:
+                if c < 0:
+                    raise ValueError(f"task {k} has class {c}; classes are non-negative integers")
+                if c in seen:
+                    raise ValueError(f"class {c} appears in more than one task (task {k}); tasks must not overlap")
+                seen.add(c)
+        return tasks
+
+
+class ModelParams(_Section):
+    block_out_channels: list[int] = [32, 64]  # UNet width per resolution level
+    layers_per_block: int = Field(1, ge=1)
+    attention: bool = False  # self-attention on the lowest resolution (paper: yes; CPU default: no)
+    num_train_timesteps: int = Field(1000, gt=1)  # DDPM T
+
+    @field_validator("block_out_channels")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(c <= 0 for c in v):
+            raise ValueError("must be a non-empty list of positive ints, e.g. [32, 64]")
+        return v
+
+
+class TrainParams(_Section):
+    steps_per_task: int = Field(400, gt=0)  # optimizer steps per task (all methods get the same budget)
+    batch_size: int = Field(64, gt=0)  # global batch; each worker gets batch_size // num_workers
+    lr: float = Field(2e-3, gt=0)
+    grad_clip: float = Field(1.0, gt=0)  # the paper clips at 1.0
+    num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP when >= 2)
+    use_gpu: bool = False  # CUDA + NCCL + bf16 autocast
+    local_mode: Literal["auto", "always", "never"] = "auto"  # auto: Ray Train local mode for 1 CPU worker
+    checkpoint_every_steps: int = Field(100, gt=0)
+    log_every_steps: int = Field(50, gt=0)
+    max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: worker-group restarts before giving up
+    loader_workers: int = Field(0, ge=0)  # DataLoader processes per Ray worker
+    storage_path: str | None = None  # absolute path or URI for checkpoints; None: <repo>/runs
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "TrainParams":
+        if self.batch_size < self.num_workers:
+            raise ValueError(f"batch_size: ({self.batch_size}) must be >= num_workers ({self.num_workers})")
+        return self
+
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # Ray hands storage_path to pyarrow, which rejects relative paths; workers also chdir.
+        if v is not None and "://" not in v and not os.path.isabs(v):
+            raise ValueError(f"must be an absolute path or a URI (got {v!r}); Ray workers change directory")
+        return v
+
+
+class DistillParams(_Section):
+    weight: float = Field(1.0, ge=0)  # lambda: weight of the replay / distillation term
+    replay_ddim_steps: int = Field(2, ge=1, le=1000)  # S: DDIM steps of the teacher's replay samples
+
+
+class EvalParams(_Section):
+    samples_per_class: int = Field(100, gt=1)
+    ddim_steps: int = Field(10, ge=1)
+    feature_extractor: Literal["lifelong-cnn", "inception-v3-compat"] = "lifelong-cnn"
+    kid_subset_size: int = Field(100, gt=1)  # clamped to the number of samples
+    batch_size: int = Field(500, gt=0)  # generation batch
+
+
+class ClassifierParams(_Section):
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0)
+
+
+class RayParams(_Section):
+    # None: $RAY_ADDRESS if set (e.g. the cluster `lifelong repro` keeps up), else a local cluster.
+    address: str | None = None
+
+
+class MlflowParams(_Section):
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
+
+
+class TaskLink(_Section):
+    task: int = Field(gt=0)
+    prev: int = Field(ge=0)
+
+
+class Params(_Section):
+    experiment: str = Field("lifelong-fmnist", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    methods: list[str] = list(METHOD_NAMES)
+    # DVC cannot compute "k - 1" in dvc.yaml, so each train stage's predecessor is spelled out here.
+    # It must list tasks 1..len(data.tasks) in order; `lifelong chain` prints it for a new data.tasks.
+    task_chain: list[TaskLink]
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    distill: DistillParams = DistillParams()
+    eval: EvalParams = EvalParams()
+    classifier: ClassifierParams = ClassifierParams()
+    ray: RayParams = RayParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        if not methods:
+            raise ValueError(f"needs at least one method; allowed: {', '.join(METHOD_NAMES)}")
+        for m in methods:
+            if m not in METHOD_NAMES:
+                raise ValueError(f"unknown method {m!r}; allowed: {', '.join(METHOD_NAMES)}")
+        if len(set(methods)) != len(methods):
+            raise ValueError("lists a method twice")
+        return methods
+
+    @model_validator(mode="after")
+    def _chain_matches_tasks(self) -> "Params":
+        expected = chain_for(len(self.data.tasks))
+        got = [link.model_dump() for link in self.task_chain]
+        if got != expected:
+            raise ValueError(
+                f"task_chain: must be {expected} for the {len(self.data.tasks)} tasks of data.tasks "
+                "(one entry per task, prev = task - 1); run `lifelong chain` to print it"
+            )
+        return self
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.data.tasks)
+
+    @property
+    def num_classes(self) -> int:
+        return max(c for classes in self.data.tasks for c in classes) + 1
+
+
+def chain_for(num_tasks: int) -> list[dict[str, int]]:
+    return [{"task": k, "prev": k - 1} for k in range(1, num_tasks + 1)]
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if not path:  # a cross-field check: its message starts with the key it is about
+            path, _, msg = msg.partition(": ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?); see params.yaml in the repository for the allowed keys"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format(err, source)) from None
+
+
+def load_params(path: str | Path | None = None) -> Params:
+    path = Path(path) if path else repo_root() / "params.yaml"
+    if not path.exists():
+        raise ParamsError(f"{path} not found; run from the repository root or set DVC_ROOT")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must be a mapping of sections (data:, train:, ...)")
+    return parse_params(raw, str(path))
+
+
+def repo_root() -> Path:
+    """DVC exports DVC_ROOT to every stage; outside DVC the current directory is the root."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()

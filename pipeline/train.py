@@ -1,0 +1,235 @@
+"""Stage `train@<method>-task<i>`: one Ray Train job for one task of one method, then register the model.
+
+    python -m pipeline.train --method generative_distillation --task 3
+
+Reads task k's shards and (k >= 2) task k-1's registered model, named by the receipt the previous
+stage wrote; trains with Ray Train; registers the result as a new version of `<experiment>-<method>`
+with alias `task-<k>`; writes the receipt the next stage depends on. The receipt is written last, so
+DVC never records a stage whose model is not registered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pipeline.layout import run_stage, Layout, git_commit, layout, read_json, write_json
+from pipeline.params import Params, load_params
+from pipeline.registry import download_model_version, model_name, register_model_version, setup_mlflow
+
+
+def flat_params(params: Params) -> dict[str, str]:
+    """params.yaml flattened to `section.key` strings (MLflow params are strings, <= 6000 chars)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = json.dumps(value) if not isinstance(value, str) else value
+
+    walk("", params.model_dump(exclude={"task_chain"}))
+    return out
+
+
+def model_config(params: Params) -> dict:
+    from lifelong.models.diffusion import DiffusionConfig
+
+    return DiffusionConfig(
+        image_size_px=params.data.image_size_px,
+        in_channels=1,
+        num_classes=params.num_classes,
+        block_out_channels=tuple(params.model.block_out_channels),
+        layers_per_block=params.model.layers_per_block,
+        attention=params.model.attention,
+        num_train_timesteps=params.model.num_train_timesteps,
+    ).to_dict()
+
+
+def use_local_mode(params: Params) -> bool:
+    """Ray Train's local mode (num_workers=0) runs the loop in this process: no cluster, no actor start-up.
+
+    It is the fast path for one CPU worker; our checkpoints are files, so resume works the same.
+    Two or more workers, or a GPU, always go through real Ray Train workers (DDP).
+    """
+    mode = params.train.local_mode
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return params.train.num_workers == 1 and not params.train.use_gpu
+
+
+def run_trainer(cfg: dict, params: Params, name: str, storage_path: str):
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from lifelong.training import train_loop_per_worker
+
+    local = use_local_mode(params)
+    if not local and not ray.is_initialized():
+        address = params.ray.address or os.environ.get("RAY_ADDRESS")
+        env = {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "LIFELONG_"))}
+        env.update(RAY_USAGE_STATS_ENABLED="0")
+        if address:
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        else:  # no cluster to attach to: start one for this stage (`lifelong repro` keeps one up instead)
+            ray.init(runtime_env={"env_vars": env}, include_dashboard=False)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg,
+        scaling_config=ray.train.ScalingConfig(num_workers=0 if local else params.train.num_workers,
+                                               use_gpu=params.train.use_gpu),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=params.train.max_failures),
+        ),
+    )
+    return trainer.fit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--task", type=int, required=True, help="1-based task index")
+    args = ap.parse_args(argv)
+    t_start = time.time()
+
+    params = load_params()
+    lay = layout()
+    method, k = args.method, args.task
+    if method not in params.methods:
+        raise SystemExit(f"--method {method!r} is not in params.yaml methods {params.methods}")
+    if not 1 <= k <= params.num_tasks:
+        raise SystemExit(f"--task {k} is out of range: data.tasks has {params.num_tasks} tasks (1..{params.num_tasks})")
+    stage = os.environ.get("DVC_STAGE", f"train@{method}-task{k - 1}")
+
+    from lifelong.data import read_manifest, task_shard_paths, verify_shards
+
+    # [1] data: verify before anything expensive; joint trains on tasks 1..k, every other method on task k.
+    from lifelong.methods import METHODS
+
+    data_tasks = list(range(1, k + 1)) if METHODS[method].uses_all_seen_data else [k]
+    for t in data_tasks:
+        verify_shards(lay.shards, task=t)
+    manifest = read_manifest(lay.shards)
+    shards = [p for t in data_tasks for p in task_shard_paths(lay.shards, t, "train")]
+    data_digest = hashlib.sha256(
+        "".join(_task_digest(manifest, t) for t in data_tasks).encode()
+    ).hexdigest()
+    previous_classes = [c for classes in params.data.tasks[: k - 1] for c in classes]
+
+    # [2] the previous task's model, by the exact version its stage registered.
+    name = model_name(params, method)
+    prev_receipt = None
+    if k > 1:
+        prev_path = lay.receipt(method, k - 1)
+        prev_receipt = read_json(prev_path, what=f"receipt of task {k - 1}",
+                                 fix=f"run `dvc repro train@{method}-task{k - 2}` first")
+
+    # The run directory is keyed by everything that determines the result: same inputs -> same
+    # directory -> an interrupted run resumes; anything changed -> a fresh directory.
+    cfg_model = model_config(params)
+    run_key = hashlib.sha256(json.dumps({
+        "method": method, "task": k, "model": cfg_model, "train": params.train.model_dump(),
+        "distill": params.distill.model_dump(), "seed": params.seed, "data": data_digest,
+        "prev": prev_receipt and prev_receipt["model_id"],
+    }, sort_keys=True).encode()).hexdigest()[:12]
+    storage_path = lay.storage_path(params)
+    run_name = f"{params.experiment}-{method}-task{k}-{run_key}"
+    run_dir = Path(storage_path) / run_name if "://" not in storage_path else None
+    if run_dir is None:
+        raise SystemExit("train.storage_path URIs are not supported for checkpoints yet; use a shared mount")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    experiment_id = setup_mlflow(params, lay)
+    init_state = None
+    if prev_receipt is not None:
+        init_state = str(download_model_version(
+            prev_receipt["model_name"], prev_receipt["version"], run_dir / "previous",
+            stage_hint=f"train@{method}-task{k - 2}"))
+
+    from lifelong.training import TaskTrainConfig, read_metrics
+
+    cfg = TaskTrainConfig(
+        method=method, model_config=cfg_model, task_index=k, task_classes=params.data.tasks[k - 1],
+        previous_classes=previous_classes, shards=shards, checkpoint_dir=str(run_dir / "checkpoints"),
+        init_state=init_state, steps=params.train.steps_per_task, batch_size=params.train.batch_size,
+        lr=params.train.lr, grad_clip=params.train.grad_clip, distill_weight=params.distill.weight,
+        replay_ddim_steps=params.distill.replay_ddim_steps, checkpoint_every=params.train.checkpoint_every_steps,
+        log_every=params.train.log_every_steps, seed=params.seed, use_gpu=params.train.use_gpu,
+        loader_workers=params.train.loader_workers,
+    )
+    t_fit = time.time()
+    result = run_trainer(cfg.to_dict(), params, run_name, storage_path)
+    if result.error:
+        raise result.error
+    fit_seconds = time.time() - t_fit
+
+    final = Path(cfg.checkpoint_dir) / "final.pt"
+    if not final.exists():
+        raise RuntimeError(f"training finished but {final} is missing")
+
+    # [3] MLflow: run with params, lineage inputs, loss curve; then the registered version.
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import LoggedModelInput
+
+    t_register = time.time()
+    curve = {int(m["step"]): m for m in read_metrics(cfg.checkpoint_dir)}
+    train_seconds = max((m.get("train_seconds", 0.0) for m in curve.values()), default=0.0)
+    tags = {
+        "method": method, "task": str(k), "classes": json.dumps(params.data.tasks[k - 1]),
+        "parent_version": prev_receipt["version"] if prev_receipt else "",
+        "data_digest": data_digest, "git_commit": git_commit(lay.root), "dvc_stage": stage,
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{method}/task-{k}", tags=tags) as run:
+        mlflow.log_params(flat_params(params))
+        mlflow.log_params({"task": k, "task_classes": json.dumps(params.data.tasks[k - 1]),
+                           "ray_local_mode": use_local_mode(params), "run_dir": str(run_dir)})
+        mlflow.log_input(MetaDataset(source=_source(lay, data_tasks), name=f"{params.data.dataset}-tasks-"
+                                     + "-".join(map(str, data_tasks)), digest=data_digest[:16]),
+                         context="training")
+        if prev_receipt is not None:
+            mlflow.log_input(model=LoggedModelInput(prev_receipt["model_id"]))
+        for step in sorted(curve):
+            mlflow.log_metrics({f"train/{key}": float(v) for key, v in curve[step].items()
+                                if key not in ("step",)}, step=step)
+        mlflow.log_metrics({"train_seconds": train_seconds, "stage_fit_seconds": fit_seconds})
+        receipt = register_model_version(
+            name=name, model_file=final, run_id=run.info.run_id, experiment_id=experiment_id,
+            alias=f"task-{k}", tags=tags, params={"method": method, "task": str(k)},
+        )
+    receipt.update(method=method, task=k, data_digest=data_digest, train_seconds=train_seconds,
+                   classes=params.data.tasks[k - 1], previous_classes=previous_classes)
+    write_json(lay.receipt(method, k), receipt)
+    # The task is registered: its step checkpoints are no longer needed (final.pt stays for resume).
+    for p in Path(cfg.checkpoint_dir).glob("step-*.pt"):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "previous", ignore_errors=True)
+    print(f"[train] {method} task {k}: registered {name} v{receipt['version']} (alias task-{k}); "
+          f"train {train_seconds:.1f}s, fit {fit_seconds:.1f}s, register {time.time() - t_register:.1f}s, "
+          f"stage {time.time() - t_start:.1f}s", flush=True)
+    return 0
+
+
+def _task_digest(manifest: dict, task: int) -> str:
+    """A task's shard digests (its manifest entry), so editing task 4 changes no digest of tasks 1-3."""
+    return hashlib.sha256(json.dumps(manifest["per_task"][task - 1], sort_keys=True).encode()).hexdigest()
+
+
+def _source(lay: Layout, tasks: list[int]) -> str:
+    return ",".join(str(lay.task_shards(t)) for t in tasks)
+
+
+if __name__ == "__main__":
+    run_stage(main)

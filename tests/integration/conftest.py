@@ -1,0 +1,71 @@
+"""A throwaway copy of this repository, as a user's clone: real git, real DVC, real MLflow sqlite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def tiny_params(**overrides) -> dict:
+    """2 tasks of scikit-learn digits at 8 px, a few steps: every stage runs, nothing is large."""
+    with open(REPO / "params.yaml") as f:
+        p = yaml.safe_load(f)
+    p["experiment"] = "it"
+    p["methods"] = ["finetune", "generative_distillation"]
+    p["task_chain"] = [{"task": 1, "prev": 0}, {"task": 2, "prev": 1}]
+    p["data"].update(dataset="digits", image_size_px=8, tasks=[[0, 1], [2, 3]], train_per_class=40,
+                     test_per_class=20, samples_per_shard=30)
+    p["model"].update(block_out_channels=[8, 16])
+    p["train"].update(steps_per_task=6, batch_size=8, checkpoint_every_steps=2, log_every_steps=2)
+    p["eval"].update(samples_per_class=8, ddim_steps=2, kid_subset_size=8, batch_size=64)
+    p["classifier"].update(epochs=1)
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            p[section].update(values)
+        else:
+            p[section] = values
+    return p
+
+
+def run(cmd: list[str], cwd: Path, *, check: bool = True, timeout: int = 900, env: dict | None = None):
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
+                **(env or {})}
+    full_env.pop("RAY_ADDRESS", None) if env is None or "RAY_ADDRESS" not in env else None
+    full_env.pop("DVC_ROOT", None)
+    res = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")
+    return res
+
+
+def make_clone(dest: Path, params: dict) -> Path:
+    for name in ("lifelong", "pipeline"):
+        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, dest / name)
+    (dest / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", dest / ".dvc" / "config")
+    shutil.copy(REPO / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
+    return dest
+
+
+@pytest.fixture
+def clone(tmp_path):
+    def _make(params: dict) -> Path:
+        return make_clone(tmp_path / "repo", params)
+
+    return _make

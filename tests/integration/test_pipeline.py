@@ -1,0 +1,113 @@
+"""The whole pipeline on tiny data: `lifelong repro` in a fresh git + DVC repository, a real local Ray
+cluster with 2 DDP workers, real MLflow sqlite registry, real WebDataset shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.integration.conftest import BIN, run, tiny_params
+
+pytestmark = pytest.mark.integration
+
+METRIC_KEYS = {"fid_final_mean", "kid_final_mean", "acc_final_mean", "forgetting_fid_mean", "bwt_fid",
+               "train_seconds", "params", "matrix"}
+
+
+def _client(repo):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}", registry_uri=f"sqlite:///{repo / 'mlflow.db'}")
+
+
+def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone):
+    repo = clone(tiny_params(train={"num_workers": 2}))
+    out = run([str(BIN / "lifelong"), "repro"], repo)
+    assert "Ray cluster for this run" in out.stdout  # one cluster for every train stage
+
+    # The chain: task 2 loaded exactly the version task 1 registered.
+    client = _client(repo)
+    for method in ("finetune", "generative_distillation"):
+        name = f"it-{method}"
+        r1 = json.loads((repo / f"results/receipts/{method}/task-1.json").read_text())
+        r2 = json.loads((repo / f"results/receipts/{method}/task-2.json").read_text())
+        v1 = client.get_model_version_by_alias(name, "task-1")
+        v2 = client.get_model_version_by_alias(name, "task-2")
+        assert (v1.version, v2.version) == (r1["version"], r2["version"])
+        assert v1.tags["parent_version"] == "" and v2.tags["parent_version"] == v1.version
+        for v in (v1, v2):
+            assert set(v.tags) >= {"parent_version", "data_digest", "git_commit", "dvc_stage"}
+            assert len(v.tags["git_commit"]) == 40 and v.tags["dvc_stage"].startswith(f"train@{method}-task")
+        run2 = client.get_run(r2["run_id"])
+        assert [m.model_id for m in run2.inputs.model_inputs] == [r1["model_id"]]
+        assert run2.data.params["train.num_workers"] == "2"
+        assert run2.data.params["ray_local_mode"] == "False"
+        # forgetting summary registered on the last version
+        assert "forgetting_fid_mean" in v2.tags
+
+    # metrics.json: exactly the documented keys, a lower-triangular matrix per metric.
+    metrics = json.loads((repo / "results/metrics.json").read_text())
+    assert set(metrics) == {"finetune", "generative_distillation"}
+    for m in metrics.values():
+        assert set(m) == METRIC_KEYS
+        for key in ("fid", "kid", "acc"):
+            mat = m["matrix"][key]
+            assert mat[0][1] is None and all(v is not None for v in (mat[0][0], mat[1][0], mat[1][1]))
+    assert (repo / "results/report.md").exists()
+    assert any(p.suffix == ".png" for p in (repo / "results/plots").iterdir())
+
+    # Nothing changed: nothing runs, no new model versions.
+    versions = len(client.search_model_versions("name='it-finetune'"))
+    again = run([str(BIN / "dvc"), "repro"], repo)
+    assert "didn't change" in again.stdout or "up to date" in again.stdout.lower(), again.stdout
+    assert "Running stage" not in again.stdout
+    assert len(client.search_model_versions("name='it-finetune'")) == versions
+
+    # A missing registry version is one error naming the model, the version and the stage to run.
+    r1 = json.loads((repo / "results/receipts/finetune/task-1.json").read_text())
+    client.delete_model_version("it-finetune", r1["version"])
+    bad = run([str(BIN / "dvc"), "repro", "-f", "-s", "train@finetune-task1"], repo, check=False)
+    assert bad.returncode != 0
+    assert f"'it-finetune' version {r1['version']}" in bad.stderr + bad.stdout
+    assert "dvc repro -f train@finetune-task0" in bad.stderr + bad.stdout
+    assert len(client.search_model_versions("name='it-finetune'")) == versions - 1  # nothing half-registered
+
+
+def test_interrupted_task_resumes_from_its_last_checkpoint(clone):
+    params = tiny_params(methods=["finetune"], train={"steps_per_task": 400, "checkpoint_every_steps": 5,
+                                                      "log_every_steps": 5})
+    params["task_chain"] = params["task_chain"][:1]
+    params["data"]["tasks"] = [[0, 1]]
+    repo = clone(params)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    ckpt = None
+    while time.time() < deadline and ckpt is None and proc.poll() is None:
+        found = sorted((repo / "runs").glob("*/checkpoints/step-*.pt")) if (repo / "runs").exists() else []
+        ckpt = found[-1] if found else None
+        time.sleep(0.2)
+    assert ckpt is not None, f"no checkpoint appeared; output:\n{proc.communicate()[0][-4000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the whole stage, mid-task
+    proc.wait()
+    assert not (repo / "results/receipts/finetune/task-1.json").exists()
+    assert not (ckpt.parent / "final.pt").exists()
+
+    out = run([str(BIN / "dvc"), "repro"], repo)
+    assert "resuming from step-" in out.stdout, out.stdout[-3000:]
+    receipt = json.loads((repo / "results/receipts/finetune/task-1.json").read_text())
+    client = _client(repo)
+    assert client.get_model_version_by_alias("it-finetune", "task-1").version == receipt["version"]
+    assert len(client.search_model_versions("name='it-finetune'")) == 1  # trained and registered once
+    # The loss curve in MLflow covers the whole task: before and after the kill.
+    steps = sorted(m.step for m in client.get_metric_history(receipt["run_id"], "train/loss"))
+    assert steps[0] == 5 and steps[-1] == 400

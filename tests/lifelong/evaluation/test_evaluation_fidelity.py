@@ -1,0 +1,93 @@
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lifelong.evaluation import (
+    ClassifierConfig,
+    accuracy,
+    load_classifier,
+    quality,
+    save_classifier,
+    train_classifier,
+)
+
+from _eval_synthetic import two_squares
+
+
+@pytest.fixture(scope="module")
+def classifier_path(tmp_path_factory):
+    cfg = ClassifierConfig(num_classes=2, channels=(8, 16), feature_dim=32)
+    x, y = two_squares(256, seed=0)
+    path = tmp_path_factory.mktemp("clf") / "classifier.pt"
+    save_classifier(train_classifier(x, y, cfg, epochs=3, batch_size=64, seed=0), cfg, path)
+    return str(path)
+
+
+def test_fid_kid_acc(classifier_path):
+    gen, gen_labels = two_squares(120, seed=10)
+    near, near_labels = two_squares(120, seed=11)  # same distribution, other samples
+    other, _ = two_squares(120, seed=12, invert=True)  # clearly different distribution
+
+    same = quality(gen, gen_labels, gen, classifier_path=classifier_path)
+    close = quality(near, near_labels, gen, classifier_path=classifier_path)
+    diff = quality(other, gen_labels, gen, classifier_path=classifier_path)
+
+    assert same["feature_extractor"] == "lifelong-cnn"
+    # Feature scale depends on the classifier, so compare FIDs with each other, not with constants.
+    assert abs(same["fid"]) < 1e-3 * diff["fid"]
+    assert diff["fid"] > 10 * close["fid"]
+    # KID's unbiased estimator is not exactly 0 on identical sets, only small next to a real gap.
+    assert diff["kid"] > 10 * max(abs(same["kid"]), abs(close["kid"]))
+    assert same["acc"] == accuracy(load_classifier(classifier_path), gen, gen_labels)
+    assert same["acc"] > 0.9 and diff["acc"] < 0.9
+
+
+def test_kid_subset_size_is_clamped_to_smaller_input(classifier_path):
+    gen, gen_labels = two_squares(20, seed=12)
+    real, _ = two_squares(30, seed=13)
+    out = quality(gen, gen_labels, real, classifier_path=classifier_path, kid_subset_size=10_000)
+    assert all(isinstance(out[k], float) for k in ("fid", "kid", "acc"))
+
+
+def test_inception_without_local_weights_says_where(classifier_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected = os.path.join(str(tmp_path), "hub", "checkpoints", "weights-inception-2015-12-05-6726825d.pth")
+    gen, gen_labels = two_squares(8, seed=14)
+    with pytest.raises(FileNotFoundError) as e:
+        quality(gen, gen_labels, gen, classifier_path=classifier_path, feature_extractor="inception-v3-compat")
+    assert expected in str(e.value)
+    assert "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" in str(e.value)
+
+
+def test_unknown_extractor_lists_valid_names(classifier_path):
+    gen, gen_labels = two_squares(8, seed=15)
+    with pytest.raises(ValueError) as e:
+        quality(gen, gen_labels, gen, classifier_path=classifier_path, feature_extractor="inception")
+    assert "lifelong-cnn" in str(e.value) and "inception-v3-compat" in str(e.value)
+
+
+def test_missing_classifier_fails_before_metrics(tmp_path):
+    gen, gen_labels = two_squares(8, seed=16)
+    with pytest.raises(FileNotFoundError, match="dvc repro classifier"):
+        quality(gen, gen_labels, gen, classifier_path=str(tmp_path / "missing.pt"))
+
+
+def test_registration_is_idempotent():
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    import lifelong.evaluation.cnn_extractor as ext
+
+    importlib.reload(ext)  # would raise if the guard were missing
+    assert "lifelong-cnn" in FEATURE_EXTRACTORS_REGISTRY
+    from lifelong.evaluation.fidelity import LifelongCNNExtractor
+
+    assert LifelongCNNExtractor.get_default_feature_layer_for_metric("fid") == "feat"
+
+
+def test_package_import_does_not_import_torch_fidelity():
+    code = "import sys, lifelong.evaluation; assert 'torch_fidelity' not in sys.modules"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

@@ -1,0 +1,57 @@
+import pytest
+
+from lifelong.metrics import bwt, final_mean, forgetting, forgetting_mean
+
+# FID-like, lower is better. Rows: after task i; columns: task j.
+FID = [
+    [10.0, None, None],
+    [14.0, 20.0, None],
+    [18.0, 16.0, 30.0],
+]
+# accuracy-like, higher is better
+ACC = [
+    [0.9, None, None],
+    [0.95, 0.8, None],
+    [0.7, 0.85, 0.6],
+]
+
+
+def test_lower_is_better():
+    assert final_mean(FID) == pytest.approx((18 + 16 + 30) / 3)
+    # task 1: 18 - min(10, 14) = 8; task 2: 16 - min(20) = -4 (improved)
+    assert forgetting(FID, lower_is_better=True) == pytest.approx([8.0, -4.0])
+    assert forgetting_mean(FID, lower_is_better=True) == pytest.approx(2.0)
+    assert bwt(FID) == pytest.approx(((18 - 10) + (16 - 20)) / 2)
+
+
+def test_higher_is_better():
+    assert final_mean(ACC) == pytest.approx((0.7 + 0.85 + 0.6) / 3)
+    # task 1: max(0.9, 0.95) - 0.7 = 0.25; task 2: 0.8 - 0.85 = -0.05
+    assert forgetting(ACC, lower_is_better=False) == pytest.approx([0.25, -0.05])
+    assert forgetting_mean(ACC, lower_is_better=False) == pytest.approx(0.1)
+    assert bwt(ACC) == pytest.approx(((0.7 - 0.9) + (0.85 - 0.8)) / 2)
+
+
+def test_single_task():
+    m = [[12.5]]
+    assert final_mean(m) == 12.5
+    assert forgetting(m) == []
+    assert forgetting_mean(m) is None
+    assert bwt(m) is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [],
+        [[1.0], [2.0, 3.0]],  # ragged (lower triangle without the None padding)
+        [[1.0, None], [2.0]],
+        [[1.0, 5.0], [2.0, 3.0]],  # upper triangle filled
+        [[1.0, None], [None, 3.0]],  # hole below the diagonal
+        [[float("nan"), None], [2.0, 3.0]],
+    ],
+)
+def test_rejects_malformed_matrices(bad):
+    for fn in (final_mean, forgetting, forgetting_mean, bwt):
+        with pytest.raises(ValueError):
+            fn(bad)
