@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # [3] MLflow: run with params, lineage inputs, loss curve; then the registered version.
     import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import LoggedModelInput
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_params(flat_params(params))
         mlflow.log_params({"task": k, "task_classes": json.dumps(params.data.tasks[k - 1]),
                            "ray_local_mode": use_local_mode(params), "run_dir": str(run_dir)})
-        mlflow.log_input(MetaDataset(source=_source(lay, data_tasks), name=f"{params.data.dataset}-tasks-"
+        mlflow.log_input(MetaDataset(source=resolve_dataset_source(_source(lay, data_tasks)), name=f"{params.data.dataset}-tasks-"
                                      + "-".join(map(str, data_tasks)), digest=data_digest[:16]),
                          context="training")
         if prev_receipt is not None:
