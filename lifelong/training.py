@@ -171,7 +171,7 @@ def train_loop_per_worker(config: dict) -> None:
     # [3] loop
     model.train()
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.use_gpu)
-    step, started, parts = start_step, time.perf_counter(), {}
+    step, started, parts, first_step_wall = start_step, time.perf_counter(), {}, 0.0
     for x0, y in batches:
         x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast:
@@ -181,6 +181,7 @@ def train_loop_per_worker(config: dict) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         step += 1
+        first_step_wall = first_step_wall or time.time()  # for the stage's fixed-cost breakdown
 
         # [4] report + checkpoint (report is a barrier: every rank calls it equally often)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps and rank == 0:
@@ -191,8 +192,8 @@ def train_loop_per_worker(config: dict) -> None:
             _prune(ckpt_dir, cfg.keep_checkpoints)
         if step % cfg.log_every == 0 or step == cfg.steps:
             metrics = {k: float(v.detach()) for k, v in parts.items()}
-            metrics.update(step=step, resumed_from=start_step,
-                           train_seconds=time.perf_counter() - started)
+            metrics.update(step=step, resumed_from=start_step, train_seconds=time.perf_counter() - started,
+                           first_step_wall=first_step_wall, wall_time=time.time())
             if rank == 0:  # the driver logs this curve to MLflow (Ray keeps only the last report in local mode)
                 with open(ckpt_dir / METRICS_NAME, "a") as f:
                     f.write(json.dumps(metrics) + "\n")

@@ -31,7 +31,23 @@ def _dvc() -> str:
     return exe if os.path.exists(exe) else "dvc"
 
 
-def repro(dvc_args: list[str]) -> int:
+def start_stage_server(env: dict) -> tuple[subprocess.Popen, str]:
+    """The warm fork server (pipeline/stageserver.py): stages skip ~15 s of imports each."""
+    import tempfile
+
+    from pipeline.stageserver import ENV_VAR
+
+    folder = tempfile.mkdtemp(prefix="lifelong-stages-")  # 0700: only this user can connect
+    path = os.path.join(folder, "stages.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stageserver", "--socket", path], env=env,
+                            cwd=repo_root())
+    env[ENV_VAR] = path
+    return proc, folder
+
+
+def repro(dvc_args: list[str], *, stage_server: bool = True) -> int:
+    import shutil
+
     params = load_params()  # fail in a second on a bad params.yaml, before any cluster starts
     env = {**os.environ, **TELEMETRY_OFF}
     # dvc.yaml's `python -m pipeline...` must be this environment's python, activated or not.
@@ -42,14 +58,23 @@ def repro(dvc_args: list[str]) -> int:
         # It lives as long as this process: stages attach through RAY_ADDRESS.
         import ray
 
-        ctx = ray.init(include_dashboard=False, runtime_env={"env_vars": dict(TELEMETRY_OFF)})
+        # The dashboard serves the State API that TorchTrainer.fit() polls; it binds 127.0.0.1.
+        ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
+                       runtime_env={"env_vars": dict(TELEMETRY_OFF)})
         env["RAY_ADDRESS"] = ctx.address_info["gcs_address"]
         env.setdefault("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", ""))
         started = True
         print(f"[lifelong] Ray cluster for this run at {env['RAY_ADDRESS']}", flush=True)
+    server = None
+    if stage_server:
+        server, folder = start_stage_server(env)
     try:
         return subprocess.call([_dvc(), "repro", *dvc_args], env=env, cwd=repo_root())
     finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+            shutil.rmtree(folder, ignore_errors=True)
         if started:
             import ray
 
@@ -77,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="lifelong", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("repro", help="dvc repro with a shared Ray cluster (extra args go to dvc repro)")
+    p_repro = sub.add_parser("repro", help="dvc repro with a shared Ray cluster (extra args go to dvc repro)")
+    p_repro.add_argument("--no-stage-server", action="store_true",
+                         help="run every stage as its own cold process (slower; for debugging)")
     p_ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1")
     p_ui.add_argument("--port", type=int, default=5000)
     sub.add_parser("check", help="validate params.yaml")
@@ -85,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = ap.parse_known_args(argv)
     try:
         if args.cmd == "repro":
-            return repro(rest)
+            return repro(rest, stage_server=not args.no_stage_server)
         if rest:
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.cmd == "ui":

@@ -46,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from mlflow import MlflowClient
 
-    from lifelong import metrics
     from lifelong.data import read_all, task_shard_paths, verify_shards
     from lifelong.evaluation import quality
     from lifelong.models.diffusion import DiffusionConfig
@@ -76,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             state = torch.load(model_file, map_location="cpu", weights_only=True)
             cfg = DiffusionConfig.from_dict(state["config"])
             model = load_model_file(model_file, device).eval()
+            n_params = count_params(model)
             row = {}
             for j in range(1, k + 1):
                 classes = params.data.tasks[j - 1]
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "method": method, "matrix": matrix, **summary,
         "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in receipts)),
-        "params": count_params(load_model_file(model_file)),
+        "params": n_params,
         "feature_extractor": params.eval.feature_extractor, "eval_seconds": time.time() - t0,
         "versions": [r["version"] for r in receipts], "model_name": last["model_name"],
     }

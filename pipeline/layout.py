@@ -102,6 +102,11 @@ def run_stage(main) -> None:
     import sys
 
     from pipeline.params import ParamsError
+    from pipeline.stageserver import maybe_forward
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None:
+        maybe_forward(spec.name)  # exits here when `lifelong repro`'s warm stage server ran the stage
 
     user_errors: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, LookupError)
     try:

@@ -82,7 +82,7 @@ def run_trainer(cfg: dict, params: Params, name: str, storage_path: str):
         if address:
             ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         else:  # no cluster to attach to: start one for this stage (`lifelong repro` keeps one up instead)
-            ray.init(runtime_env={"env_vars": env}, include_dashboard=False)
+            ray.init(runtime_env={"env_vars": env}, include_dashboard=True, dashboard_host="127.0.0.1")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=cfg,
@@ -204,14 +204,17 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_input(model=LoggedModelInput(prev_receipt["model_id"]))
         for step in sorted(curve):
             mlflow.log_metrics({f"train/{key}": float(v) for key, v in curve[step].items()
-                                if key not in ("step",)}, step=step)
+                                if key not in ("step", "resumed_from", "first_step_wall", "wall_time")}, step=step)
         mlflow.log_metrics({"train_seconds": train_seconds, "stage_fit_seconds": fit_seconds})
         receipt = register_model_version(
             name=name, model_file=final, run_id=run.info.run_id, experiment_id=experiment_id,
             alias=f"task-{k}", tags=tags, params={"method": method, "task": str(k)},
         )
+    last = curve[max(curve)] if curve else {}
     receipt.update(method=method, task=k, data_digest=data_digest, train_seconds=train_seconds,
-                   classes=params.data.tasks[k - 1], previous_classes=previous_classes)
+                   classes=params.data.tasks[k - 1], previous_classes=previous_classes,
+                   timing={"main_started": t_start, "first_step": last.get("first_step_wall"),
+                           "last_step": last.get("wall_time"), "registered": time.time()})
     write_json(lay.receipt(method, k), receipt)
     # The task is registered: its step checkpoints are no longer needed (final.pt stays for resume).
     for p in Path(cfg.checkpoint_dir).glob("step-*.pt"):

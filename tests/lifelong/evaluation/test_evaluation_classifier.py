@@ -11,7 +11,7 @@ from lifelong.evaluation import (
     train_classifier,
 )
 
-from _eval_synthetic import two_squares
+from tests.lifelong.evaluation._eval_synthetic import two_squares
 
 CFG = ClassifierConfig(num_classes=2, channels=(8, 16), feature_dim=32)
 

@@ -14,7 +14,7 @@ from lifelong.evaluation import (
     train_classifier,
 )
 
-from _eval_synthetic import two_squares
+from tests.lifelong.evaluation._eval_synthetic import two_squares
 
 
 @pytest.fixture(scope="module")
