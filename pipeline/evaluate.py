@@ -23,21 +23,6 @@ from pipeline.registry import download_model_version, setup_mlflow
 MATRIX_KEYS = ("fid", "kid", "acc")
 
 
-def generate(model, classes: list[int], *, per_class: int, cfg, steps: int, seed: int, batch_size: int, device):
-    """DDIM samples for each class, uint8 (N, H, W), with their labels; the same sampler replay uses."""
-    import torch
-
-    from lifelong.models.diffusion import ddim_sample, to_uint8
-
-    labels = torch.tensor(np.repeat(classes, per_class), dtype=torch.long)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    images = []
-    for chunk in labels.split(batch_size):
-        x = ddim_sample(model, chunk.to(device), cfg=cfg, num_steps=steps, generator=gen)
-        images.append(to_uint8(x).cpu()[:, 0])  # (B, 1, H, W) -> (B, H, W)
-    return torch.cat(images).numpy(), labels.numpy()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", required=True)
@@ -48,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lifelong.data import read_all, task_shard_paths, verify_shards
     from lifelong.evaluation import quality
+    from lifelong.evaluation.generate import generate_per_class
     from lifelong.models.diffusion import DiffusionConfig
     from lifelong.training import load_model_file
 
@@ -79,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {}
             for j in range(1, k + 1):
                 classes = params.data.tasks[j - 1]
-                images, labels = generate(model, classes, per_class=params.eval.samples_per_class, cfg=cfg,
+                images, labels = generate_per_class(model, classes, per_class=params.eval.samples_per_class, cfg=cfg,
                                           steps=params.eval.ddim_steps, seed=params.seed * 100 + j,
                                           batch_size=params.eval.batch_size, device=device)
                 q = quality(images, labels, real[j], classifier_path=str(lay.classifier),

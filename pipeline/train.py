@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from pipeline.layout import run_stage, Layout, git_commit, layout, read_json, write_json
@@ -197,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_params(flat_params(params))
         mlflow.log_params({"task": k, "task_classes": json.dumps(params.data.tasks[k - 1]),
                            "ray_local_mode": use_local_mode(params), "run_dir": str(run_dir)})
-        mlflow.log_input(MetaDataset(source=resolve_dataset_source(_source(lay, data_tasks)), name=f"{params.data.dataset}-tasks-"
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both are local paths
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(_source(lay, data_tasks))
+        mlflow.log_input(MetaDataset(source=source, name=f"{params.data.dataset}-tasks-"
                                      + "-".join(map(str, data_tasks)), digest=data_digest[:16]),
                          context="training")
         if prev_receipt is not None:

@@ -13,6 +13,7 @@ from lifelong.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
+from lifelong.evaluation.generate import generate_per_class
 from lifelong.evaluation.fidelity import FEATURE_EXTRACTORS, inception_weights_path, quality
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "save_classifier",
     "load_classifier",
     "quality",
+    "generate_per_class",
     "inception_weights_path",
     "FEATURE_EXTRACTORS",
     "LifelongCNNExtractor",

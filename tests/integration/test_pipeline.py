@@ -15,7 +15,7 @@ import yaml
 
 from tests.integration.conftest import BIN, run, tiny_params
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 METRIC_KEYS = {"fid_final_mean", "kid_final_mean", "acc_final_mean", "forgetting_fid_mean", "bwt_fid",
                "train_seconds", "params", "matrix"}
@@ -69,6 +69,15 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone):
     assert "didn't change" in again.stdout or "up to date" in again.stdout.lower(), again.stdout
     assert "Running stage" not in again.stdout
     assert len(client.search_model_versions("name='it-finetune'")) == versions
+
+    # Changing only task 2's classes re-runs task 2 and later stages, not task 1.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["tasks"][1] = [2, 4]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([str(BIN / "dvc"), "repro", "prepare"], repo)
+    stale = set(json.loads(run([str(BIN / "dvc"), "status", "--json"], repo).stdout))
+    assert {"train@finetune-task1", "train@generative_distillation-task1"} <= stale, stale
+    assert not stale & {"train@finetune-task0", "train@generative_distillation-task0"}, stale
 
     # A missing registry version is one error naming the model, the version and the stage to run.
     r1 = json.loads((repo / "results/receipts/finetune/task-1.json").read_text())
