@@ -86,7 +86,7 @@ def ui(port: int) -> int:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     cmd = [mlflow if os.path.exists(mlflow) else "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # one user: one worker starts faster
     print(" ".join(cmd), flush=True)
     return subprocess.call(cmd, env={**os.environ, **TELEMETRY_OFF})
 
