@@ -52,6 +52,9 @@ class TaskTrainConfig:
     use_gpu: bool = False
     loader_workers: int = 0
     keep_checkpoints: int = 2
+    # Optional search objective (lifelong.tuning spec): rank 0 measures it at every report step and
+    # adds `objective` to the reported metrics. None (the train stage): no extra work at all.
+    objective: dict | None = None
     extra: dict = field(default_factory=dict)  # free-form, recorded only
 
     def to_dict(self) -> dict:
@@ -168,6 +171,12 @@ def train_loop_per_worker(config: dict) -> None:
         num_workers=cfg.loader_workers,
     )
 
+    real = None
+    if cfg.objective is not None and rank == 0:
+        from lifelong.tuning import load_real
+
+        real = load_real(cfg.objective)
+
     # [3] loop
     model.train()
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.use_gpu)
@@ -194,6 +203,10 @@ def train_loop_per_worker(config: dict) -> None:
             metrics = {k: float(v.detach()) for k, v in parts.items()}
             metrics.update(step=step, resumed_from=start_step, train_seconds=time.perf_counter() - started,
                            first_step_wall=first_step_wall, wall_time=time.time())
+            if real is not None:  # rank 0 only; the other ranks wait in report (a barrier) meanwhile
+                from lifelong.tuning import measure
+
+                metrics.update(measure(dist.unwrap(model), model_cfg, cfg.objective, real, device))
             if rank == 0:  # the driver logs this curve to MLflow (Ray keeps only the last report in local mode)
                 with open(ckpt_dir / METRICS_NAME, "a") as f:
                     f.write(json.dumps(metrics) + "\n")

@@ -84,6 +84,7 @@ class TrainParams(_Section):
     max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: worker-group restarts before giving up
     loader_workers: int = Field(0, ge=0)  # DataLoader processes per Ray worker
     storage_path: str | None = None  # absolute path or URI for checkpoints; None: <repo>/runs
+    use_tuned: bool = False  # train stages apply results/tune/applied.json (the `tuned` stage's pick)
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainParams":
@@ -119,6 +120,116 @@ class ClassifierParams(_Section):
     lr: float = Field(1e-3, gt=0)
 
 
+# Hyperparameters a search may vary: key path -> (integer?, the methods that use it; None: every method).
+REPLAY_METHODS = ("generative_replay", "generative_distillation")
+TUNABLE: dict[str, tuple[bool, tuple[str, ...] | None]] = {
+    "distill.weight": (False, REPLAY_METHODS),
+    "distill.replay_ddim_steps": (True, REPLAY_METHODS),
+    "train.lr": (False, None),
+}
+
+
+class SpaceParam(_Section):
+    """One searched parameter: loguniform/uniform in [low, high], int in [low, high] (both inclusive),
+    choice among values, or grid: every value in order, once per sample (search_alg random only)."""
+
+    type: Literal["loguniform", "uniform", "int", "choice", "grid"]
+    low: float | None = None
+    high: float | None = None
+    values: list[int | float] | None = None
+
+
+class TuneParams(_Section):
+    method: str = "generative_distillation"  # any known method (need not be in `methods`)
+    tasks: int = Field(2, ge=1)  # the search trains tasks 1..tasks of data.tasks
+    steps_per_task: int = Field(120, gt=0)
+    eval_every_steps: int = Field(40, gt=0)  # objective reports on the last tuned task (ASHA's rungs)
+    num_samples: int = Field(6, ge=1)  # trials
+    max_concurrent: int = Field(2, ge=1)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period_steps: int = Field(40, gt=0)  # ASHA: steps of the last task before a trial can be stopped
+    reduction_factor: int = Field(2, ge=2)  # ASHA keeps the top 1/reduction_factor at each rung
+    search_alg: Literal["optuna", "random"] = "optuna"
+    objective: Literal["mean_fid", "weighted"] = "mean_fid"
+    objective_alpha: float = Field(0.5, ge=0, le=1)  # weighted: alpha*FID(last task) + (1-alpha)*forgetting
+    samples_per_class: int = Field(40, gt=1)  # generated images per class for the objective's FID
+    ddim_steps: int = Field(5, ge=1)
+    space: dict[str, SpaceParam] = {
+        "distill.weight": SpaceParam(type="loguniform", low=0.1, high=10),
+        "distill.replay_ddim_steps": SpaceParam(type="choice", values=[1, 2, 5]),
+    }
+
+
+def tune_space_errors(tune: TuneParams) -> list[str]:
+    """Every problem of tune.space, each naming its key path (empty: the space is valid)."""
+    errors = []
+    if tune.method not in METHOD_NAMES:
+        errors.append(f"tune.method: unknown method {tune.method!r}; allowed: {', '.join(METHOD_NAMES)}")
+    if not tune.space:
+        errors.append("tune.space: is empty; give at least one parameter, e.g. distill.weight: "
+                      "{type: loguniform, low: 0.1, high: 10}")
+    for key, p in tune.space.items():
+        where = f"tune.space.{key}"
+        if key not in TUNABLE:
+            errors.append(f"{where}: unknown parameter; tunable: {', '.join(TUNABLE)}")
+            continue
+        integer, methods = TUNABLE[key]
+        if methods is not None and tune.method not in methods:
+            errors.append(f"{where}: method {tune.method!r} does not use this parameter "
+                          f"(only {', '.join(methods)} do)")
+            continue
+        if p.type in ("choice", "grid"):
+            if p.low is not None or p.high is not None:
+                errors.append(f"{where}: type {p.type} takes values: [...], not low/high")
+            elif not p.values:
+                errors.append(f"{where}: empty {p.type}; give values: [v1, v2, ...]")
+            elif p.type == "grid" and tune.search_alg != "random":
+                errors.append(f"{where}: type grid needs tune.search_alg: random (Optuna samples, it does not "
+                              "enumerate a grid)")
+            candidates = list(p.values or [])
+        else:
+            if p.values is not None:
+                errors.append(f"{where}: type {p.type} takes low and high, not values")
+                continue
+            if p.low is None or p.high is None:
+                errors.append(f"{where}: type {p.type} needs low and high")
+                continue
+            if p.low >= p.high:
+                errors.append(f"{where}: empty range: low ({p.low:g}) must be < high ({p.high:g})")
+                continue
+            if p.type == "loguniform" and p.low <= 0:
+                errors.append(f"{where}: loguniform needs low > 0 (got {p.low:g})")
+                continue
+            if integer and p.type != "int":
+                errors.append(f"{where}: is an integer parameter; use type int or choice")
+                continue
+            if p.type == "int" and not (float(p.low).is_integer() and float(p.high).is_integer()):
+                errors.append(f"{where}: type int needs integer low and high")
+                continue
+            candidates = [p.low, p.high]
+        section, name = key.split(".")
+        model = {"distill": DistillParams, "train": TrainParams}[section]
+        for v in candidates:
+            if integer and not float(v).is_integer():
+                errors.append(f"{where}: {v!r} is not an integer")
+                break
+            try:
+                model.model_validate({name: int(v) if integer else v})
+            except ValidationError as err:
+                errors.append(f"{where}: value {v!r} is not allowed for {key}: "
+                              f"{err.errors()[0]['msg'].removeprefix('Value error, ')}")
+                break
+    if tune.eval_every_steps > tune.steps_per_task:
+        errors.append(f"tune.eval_every_steps: ({tune.eval_every_steps}) must be <= tune.steps_per_task "
+                      f"({tune.steps_per_task})")
+    if tune.grace_period_steps > tune.steps_per_task:
+        errors.append(f"tune.grace_period_steps: ({tune.grace_period_steps}) must be <= tune.steps_per_task "
+                      f"({tune.steps_per_task})")
+    if tune.objective == "weighted" and tune.tasks < 2:
+        errors.append("tune.objective: weighted needs tune.tasks >= 2 (forgetting of earlier tasks)")
+    return errors
+
+
 class RayParams(_Section):
     # None: $RAY_ADDRESS if set (e.g. the cluster `lifelong repro` keeps up), else a local cluster.
     address: str | None = None
@@ -148,6 +259,7 @@ class Params(_Section):
     classifier: ClassifierParams = ClassifierParams()
     ray: RayParams = RayParams()
     mlflow: MlflowParams = MlflowParams()
+    tune: TuneParams = TuneParams()
 
     @field_validator("methods")
     @classmethod
@@ -170,6 +282,11 @@ class Params(_Section):
                 f"task_chain: must be {expected} for the {len(self.data.tasks)} tasks of data.tasks "
                 "(one entry per task, prev = task - 1); run `lifelong chain` to print it"
             )
+        errors = tune_space_errors(self.tune)
+        if self.tune.tasks > len(self.data.tasks):
+            errors.append(f"tune.tasks: ({self.tune.tasks}) must be <= the {len(self.data.tasks)} tasks of data.tasks")
+        if errors:  # one message, every bad key path on its own line (see _format)
+            raise ValueError("\n  ".join(errors))
         return self
 
     @property

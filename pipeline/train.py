@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= k <= params.num_tasks:
         raise SystemExit(f"--task {k} is out of range: data.tasks has {params.num_tasks} tasks (1..{params.num_tasks})")
     stage = os.environ.get("DVC_STAGE", f"train@{method}-task{k - 1}")
+    # train.use_tuned: the `tuned` stage's pick (results/tune/applied.json) replaces the defaults.
+    from pipeline.tune import apply_tuned
+
+    params, tuned = apply_tuned(params, method, lay)
 
     from lifelong.data import read_manifest, task_shard_paths, verify_shards
 
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": method, "task": k, "model": cfg_model, "train": params.train.model_dump(),
         "distill": params.distill.model_dump(), "seed": params.seed, "data": data_digest,
         "prev": prev_receipt and prev_receipt["model_id"],
+        **({"tuned": tuned} if tuned else {}),  # absent when not tuned: existing run dirs keep their key
     }, sort_keys=True).encode()).hexdigest()[:12]
     storage_path = lay.storage_path(params)
     run_name = f"{params.experiment}-{method}-task{k}-{run_key}"
@@ -198,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_params(flat_params(params))
         mlflow.log_params({"task": k, "task_classes": json.dumps(params.data.tasks[k - 1]),
                            "ray_local_mode": use_local_mode(params), "run_dir": str(run_dir)})
+        mlflow.log_params({"tuned": bool(tuned), **{f"tuned.{key}": v for key, v in tuned.items()}})
         with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both are local paths
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(_source(lay, data_tasks))

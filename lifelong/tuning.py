@@ -1,0 +1,75 @@
+"""The search objective, measured inside the training loop: pure PyTorch, no Ray Tune, no MLflow.
+
+A spec (plain dict, shipped to the worker in TaskTrainConfig.objective):
+    classifier         absolute path of the feature extractor / classifier checkpoint
+    feature_extractor  "lifelong-cnn" | "inception-v3-compat"
+    tasks              [[classes of task 1], ..., [classes of task k]]: every seen task
+    real_shards        [[test shard paths of task 1], ...]: one list per seen task
+    samples_per_class, ddim_steps, seed, kid_subset_size
+    kind               "mean_fid": mean FID over the seen tasks (old and new both count)
+                       "weighted": alpha * FID(task k) + (1 - alpha) * mean forgetting of tasks 1..k-1,
+                                   forgetting_j = FID_j(now) - reference_fid[j] (its best earlier FID)
+    alpha, reference_fid (weighted only: one number per earlier task)
+Lower is better for both kinds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+OBJECTIVE_KINDS = ("mean_fid", "weighted")
+
+
+def load_real(spec: dict) -> list[np.ndarray]:
+    """The real test images of every seen task, uint8 (N, H, W), read once per task run."""
+    from lifelong.data import read_all
+
+    return [read_all(list(paths))[0] for paths in spec["real_shards"]]
+
+
+def combine(fids: list[float], spec: dict) -> dict[str, float]:
+    """The objective from per-task FIDs (task order), plus the parts it is made of."""
+    kind = spec.get("kind", "mean_fid")
+    out = {f"fid_task{j}": float(f) for j, f in enumerate(fids, start=1)}
+    out["fid_mean"] = float(np.mean(fids))
+    if kind == "mean_fid":
+        out["objective"] = out["fid_mean"]
+    elif kind == "weighted":
+        ref = list(spec.get("reference_fid") or [])
+        if len(ref) != len(fids) - 1:
+            raise ValueError(f"weighted objective needs {len(fids) - 1} reference FIDs, got {len(ref)}")
+        forgetting = [f - r for f, r in zip(fids[:-1], ref)]
+        out["forgetting_mean"] = float(np.mean(forgetting)) if forgetting else 0.0
+        alpha = float(spec.get("alpha", 0.5))
+        out["objective"] = alpha * float(fids[-1]) + (1 - alpha) * out["forgetting_mean"]
+    else:
+        raise ValueError(f"unknown objective kind {kind!r}; valid: {', '.join(OBJECTIVE_KINDS)}")
+    return out
+
+
+def measure(model: torch.nn.Module, model_cfg, spec: dict, real: list[np.ndarray],
+            device: torch.device | str = "cpu") -> dict[str, float]:
+    """Generate every seen class with DDIM, FID per task against its real test images, then combine().
+
+    `model` is the bare (unwrapped) network; it is put in eval mode and restored to its previous mode.
+    """
+    from lifelong.evaluation import quality
+    from lifelong.evaluation.generate import generate_per_class
+
+    was_training = model.training
+    model.eval()
+    try:
+        fids = []
+        for j, (classes, real_j) in enumerate(zip(spec["tasks"], real), start=1):
+            with torch.no_grad():
+                images, labels = generate_per_class(
+                    model, list(classes), per_class=int(spec["samples_per_class"]), cfg=model_cfg,
+                    steps=int(spec["ddim_steps"]), seed=int(spec.get("seed", 0)) * 100 + j, device=device)
+            q = quality(images, labels, real_j, classifier_path=spec["classifier"],
+                        feature_extractor=spec.get("feature_extractor", "lifelong-cnn"),
+                        kid_subset_size=int(spec.get("kid_subset_size", 100)), device=torch.device(device).type)
+            fids.append(q["fid"])
+    finally:
+        model.train(was_training)
+    return combine(fids, spec)

@@ -1,0 +1,392 @@
+"""Stage `tune` (tune/dvc.yaml): a Ray Tune search over one method's hyperparameters; and stage `tuned`.
+
+    python -m pipeline.tune             # the search: results/tune/<method>.json and .png
+    python -m pipeline.tune --select    # stage `tuned`: results/tune/applied.json for the train stages
+
+Each trial is a Tune function trainable (the "driver") that runs the real training loop through
+Ray Train, one `TorchTrainer` per task of the tuned prefix (tune.tasks), with `train.num_workers`
+workers, so a trial is DDP on a cluster. During the last task the workers report the objective
+(lifelong.tuning) every tune.eval_every_steps steps; `TuneReportCallback` forwards it to Tune, where
+ASHA stops trials that are behind at a rung. Only this process writes to MLflow, after the search:
+one parent run, one nested run per trial (sqlite is single-writer; Ray workers never touch MLflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+from pipeline.layout import Layout, layout, read_json, run_stage, write_json
+from pipeline.params import TUNABLE, Params, TuneParams, load_params
+
+
+# --- paths and the `tuned` selection (cheap: no torch, no Ray) ---------------------------------
+
+def result_path(lay: Layout, method: str) -> Path:
+    return lay.root / "results" / "tune" / f"{method}.json"
+
+
+def applied_path(lay: Layout) -> Path:
+    return lay.root / "results" / "tune" / "applied.json"
+
+
+def select(params: Params, lay: Layout) -> dict:
+    """What the train stages apply: {} unless train.use_tuned, else the best config of tune.method."""
+    if not params.train.use_tuned:
+        return {}
+    method = params.tune.method
+    path = result_path(lay, method)
+    result = read_json(path, what=f"the search result for {method}",
+                       fix=f"run `dvc repro tune/dvc.yaml` (tune.method: {method}) first, or set train.use_tuned: false")
+    return {"method": method, "config": result["best"]["config"], "objective": result["best"]["objective"]}
+
+
+def apply_tuned(params: Params, method: str, lay: Layout) -> tuple[Params, dict]:
+    """For the train stage: params with the tuned values of `method` applied, and those values ({} if none)."""
+    if not params.train.use_tuned:
+        return params, {}
+    applied = read_json(applied_path(lay), what="the tuned config (stage `tuned`)", fix="run `dvc repro tuned`")
+    if applied.get("method") != method:
+        return params, {}
+    config = applied["config"]
+    for key, value in config.items():
+        if key not in TUNABLE:
+            raise ValueError(f"{applied_path(lay)}: unknown tuned parameter {key!r}; re-run the search")
+        section, name = key.split(".")
+        value = int(value) if TUNABLE[key][0] else float(value)
+        params = params.model_copy(update={section: getattr(params, section).model_copy(update={name: value})})
+    return params, dict(config)
+
+
+# --- the search space --------------------------------------------------------------------------
+
+def build_space(tune_params: TuneParams) -> dict:
+    """tune.space as a nested Ray Tune param_space ({"distill": {"weight": tune.loguniform(...)}})."""
+    from ray import tune
+
+    space: dict = {}
+    for key, p in tune_params.space.items():
+        integer = TUNABLE[key][0]
+        if p.type == "loguniform":
+            dist = tune.loguniform(p.low, p.high)
+        elif p.type == "uniform":
+            dist = tune.uniform(p.low, p.high)
+        elif p.type == "int":
+            dist = tune.randint(int(p.low), int(p.high) + 1)  # randint's high is exclusive; ours is inclusive
+        elif p.type == "grid":  # every value, in order, once per sample
+            dist = tune.grid_search([int(v) if integer else v for v in p.values])
+        else:
+            dist = tune.choice([int(v) if integer else v for v in p.values])
+        section, name = key.split(".")
+        space.setdefault(section, {})[name] = dist
+    return space
+
+
+def flatten(config: dict) -> dict:
+    """{"distill": {"weight": 1.0}} -> {"distill.weight": 1.0}, for the keys of TUNABLE only."""
+    return {key: config[key.split(".")[0]][key.split(".")[1]] for key in TUNABLE
+            if key.split(".")[0] in config and key.split(".")[1] in config[key.split(".")[0]]}
+
+
+# --- one trial (runs in a Tune actor) --------------------------------------------------------
+
+def trial(config: dict, ctx: dict) -> None:
+    """Train tasks 1..T of the prefix with this trial's values; the last task reports the objective."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lifelong.training import TaskTrainConfig, train_loop_per_worker
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    values = flatten(config)
+    lr = float(values.get("train.lr", ctx["lr"]))
+    distill_weight = float(values.get("distill.weight", ctx["distill_weight"]))
+    replay_ddim_steps = int(values.get("distill.replay_ddim_steps", ctx["replay_ddim_steps"]))
+    T = len(ctx["tasks"])
+    trial_dir = Path(ctx["trial_root"]) / trial_id
+    init_state, history = None, []  # history[i][j]: FID of task j+1 after task i+1 (weighted objective)
+    for k in range(1, T + 1):
+        last = k == T
+        spec = None
+        if last or ctx["objective"]["kind"] == "weighted":
+            spec = dict(ctx["objective"], tasks=ctx["tasks"][:k], real_shards=ctx["real_shards"][:k])
+            if last and spec["kind"] == "weighted":
+                spec["reference_fid"] = [min(row[j] for row in history if j < len(row)) for j in range(k - 1)]
+            if not last:
+                spec["kind"] = "mean_fid"  # earlier tasks only record their FIDs (forgetting's reference)
+        cfg = TaskTrainConfig(
+            method=ctx["method"], model_config=ctx["model_config"], task_index=k, task_classes=ctx["tasks"][k - 1],
+            previous_classes=[c for classes in ctx["tasks"][: k - 1] for c in classes],
+            shards=ctx["train_shards"][k - 1], checkpoint_dir=str(trial_dir / f"task-{k}"), init_state=init_state,
+            steps=ctx["steps"], batch_size=ctx["batch_size"], lr=lr, grad_clip=ctx["grad_clip"],
+            distill_weight=distill_weight, replay_ddim_steps=replay_ddim_steps,
+            checkpoint_every=ctx["steps"],  # no step files: a stopped trial is discarded, not resumed
+            log_every=ctx["eval_every"] if last else ctx["steps"], seed=ctx["seed"], use_gpu=ctx["use_gpu"],
+            loader_workers=ctx["loader_workers"], objective=spec,
+            extra={"tune_trial": trial_id},
+        )
+        # Real Train workers even for one CPU worker: local mode (num_workers=0) never calls
+        # RunConfig callbacks, so TuneReportCallback would see nothing.
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=cfg.to_dict(),
+            scaling_config=ray.train.ScalingConfig(num_workers=ctx["num_workers"], use_gpu=ctx["use_gpu"]),
+            run_config=ray.train.RunConfig(
+                name=f"tune-{trial_id}-task{k}", storage_path=ctx["train_storage"],
+                failure_config=ray.train.FailureConfig(max_failures=ctx["max_failures"]),
+                callbacks=[TuneReportCallback()] if last else [],
+            ),
+        )
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        if spec is not None and not last:
+            history.append([result.metrics[f"fid_task{j}"] for j in range(1, k + 1)])
+        init_state = str(Path(cfg.checkpoint_dir) / "final.pt")
+
+
+def trial_context(params: Params, lay: Layout, trial_root: Path, train_storage: Path) -> dict:
+    """Everything a trial needs, as plain data with absolute paths (Ray actors change directory)."""
+    from lifelong.data import task_shard_paths, verify_shards
+    from lifelong.methods import METHODS
+    from pipeline.train import model_config
+
+    tp = params.tune
+    T = tp.tasks
+    for t in range(1, T + 1):
+        verify_shards(lay.shards, task=t)
+    all_seen = METHODS[tp.method].uses_all_seen_data
+    train_shards = [[str(p) for t in (range(1, k + 1) if all_seen else [k])
+                     for p in task_shard_paths(lay.shards, t, "train")] for k in range(1, T + 1)]
+    return {
+        "method": tp.method, "model_config": model_config(params), "tasks": params.data.tasks[:T],
+        "train_shards": train_shards,
+        "real_shards": [[str(p) for p in task_shard_paths(lay.shards, t, "test")] for t in range(1, T + 1)],
+        "steps": tp.steps_per_task, "eval_every": tp.eval_every_steps, "batch_size": params.train.batch_size,
+        "lr": params.train.lr, "grad_clip": params.train.grad_clip, "distill_weight": params.distill.weight,
+        "replay_ddim_steps": params.distill.replay_ddim_steps, "seed": params.seed,
+        "use_gpu": params.train.use_gpu, "num_workers": params.train.num_workers,
+        "loader_workers": params.train.loader_workers, "max_failures": params.train.max_failures,
+        "trial_root": str(trial_root), "train_storage": str(train_storage),
+        "objective": {
+            "kind": tp.objective, "alpha": tp.objective_alpha, "classifier": str(lay.classifier),
+            "feature_extractor": params.eval.feature_extractor, "kid_subset_size": params.eval.kid_subset_size,
+            "samples_per_class": tp.samples_per_class, "ddim_steps": tp.ddim_steps, "seed": params.seed,
+        },
+    }
+
+
+# --- the search ---------------------------------------------------------------------------------
+
+def init_ray(params: Params) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in os.environ.items() if k.startswith("LIFELONG_")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_CHDIR_TO_TRIAL_DIR="0")
+    address = params.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    else:  # a fresh local cluster ("local": never attach to another one); TorchTrainer.fit needs the dashboard
+        ray.init(address="local", runtime_env={"env_vars": env}, include_dashboard=True, dashboard_host="127.0.0.1")
+
+
+def run_search(params: Params, ctx: dict, storage: Path):
+    from functools import partial
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    tp = params.tune
+    if tp.scheduler == "asha":
+        # time_attr "step": the training step of the last task, so rungs are in steps (40, 80 of 120).
+        scheduler = ASHAScheduler(time_attr="step", max_t=tp.steps_per_task, grace_period=tp.grace_period_steps,
+                                  reduction_factor=tp.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    if tp.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = ConcurrencyLimiter(OptunaSearch(seed=params.seed), max_concurrent=tp.max_concurrent)
+    else:
+        search_alg = BasicVariantGenerator(max_concurrent=tp.max_concurrent, random_state=params.seed)
+    # The trial actor only waits on its TorchTrainer: no CPU, so every CPU goes to Train workers
+    # (two trials with one 1-CPU worker each fit 2 CPUs). Tune rejects an all-zero request, hence 1 MiB.
+    trainable = tune.with_resources(partial(trial, ctx=ctx), {"CPU": 0, "memory": 2**20})
+    tuner = tune.Tuner(
+        trainable,
+        param_space=build_space(tp),
+        tune_config=tune.TuneConfig(metric="objective", mode="min", search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=tp.num_samples),
+        run_config=tune.RunConfig(name="search", storage_path=str(storage), verbose=1),
+    )
+    return tuner.fit()
+
+
+def trial_table(grid, tune_params: TuneParams) -> list[dict]:
+    """One row per trial: its values, objective curve, last and best objective, and whether ASHA stopped it."""
+    rows = []
+    for r in grid:
+        df = r.metrics_dataframe
+        curve = []
+        if df is not None and "objective" in df:
+            sub = df.dropna(subset=["objective"])
+            curve = [(int(s), float(o)) for s, o in zip(sub["step"], sub["objective"])]
+        metrics = r.metrics or {}
+        steps = max((s for s, _ in curve), default=int(metrics.get("step", 0) or 0))
+        final = {k: float(v) for k, v in metrics.items()
+                 if k.startswith(("fid_task", "fid_mean", "forgetting_mean")) and isinstance(v, (int, float))}
+        rows.append({
+            "trial_id": metrics.get("trial_id") or Path(r.path).name,
+            "config": flatten(r.config or {}),
+            "objective": curve[-1][1] if curve else None,
+            "best_objective": min((o for _, o in curve), default=None),
+            "steps": steps,
+            "stopped_early": r.error is None and steps < tune_params.steps_per_task,
+            "error": None if r.error is None else f"{type(r.error).__name__}: {r.error}"[:500],
+            "curve": curve,
+            "final_metrics": final,
+        })
+    rows.sort(key=lambda row: row["trial_id"])
+    return rows
+
+
+def pick_best(rows: list[dict]) -> dict:
+    """Lowest final objective among trials that trained every step (ASHA-stopped ones are not comparable)."""
+    finished = [r for r in rows if r["error"] is None and not r["stopped_early"] and r["objective"] is not None]
+    pool = finished or [r for r in rows if r["objective"] is not None]
+    if not pool:
+        errors = "; ".join(f"{r['trial_id']}: {r['error']}" for r in rows if r["error"])
+        raise RuntimeError(f"no trial reported an objective ({errors or 'no errors recorded'})")
+    return min(pool, key=lambda r: r["objective"])
+
+
+def log_mlflow(params: Params, lay: Layout, rows: list[dict], best: dict, seconds: float) -> str:
+    """One parent run for the search, one nested run per trial; only this process writes (sqlite)."""
+    import mlflow
+
+    from pipeline.registry import setup_mlflow
+
+    tp = params.tune
+    experiment_id = setup_mlflow(params, lay)
+    tags = {"kind": "tune", "method": tp.method, "dvc_stage": os.environ.get("DVC_STAGE", "tune"),
+            "best.objective": f"{best['objective']:.6g}", "best.trial_id": best["trial_id"]}
+    tags.update({f"best.{k}": str(v) for k, v in best["config"].items()})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune/{tp.method}", tags=tags) as parent:
+        settings = tp.model_dump(exclude={"space"})
+        mlflow.log_params({f"tune.{k}": v for k, v in settings.items()})
+        mlflow.log_params({f"space.{k}": json.dumps(v.model_dump(exclude_none=True)) for k, v in tp.space.items()})
+        mlflow.log_metrics({"best_objective": best["objective"], "search_seconds": seconds,
+                            "trials_stopped_early": sum(r["stopped_early"] for r in rows)})
+        for row in rows:
+            status = "error" if row["error"] else "stopped_early" if row["stopped_early"] else "terminated"
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune/{tp.method}/{row['trial_id']}",
+                                  nested=True, tags={"kind": "tune-trial", "method": tp.method, "status": status,
+                                                     "trial_id": row["trial_id"]}):
+                mlflow.log_params(row["config"])
+                for step, value in row["curve"]:
+                    mlflow.log_metric("objective", value, step=step)
+                final = dict(row["final_metrics"], steps=row["steps"])
+                if row["best_objective"] is not None:
+                    final["best_objective"] = row["best_objective"]
+                mlflow.log_metrics(final)
+        return parent.info.run_id
+
+
+def plot(path: Path, rows: list[dict], tune_params: TuneParams, best: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    keys = list(tune_params.space)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for early, marker, label in ((False, "o", "trained to the end"), (True, "x", "stopped early (ASHA)")):
+            pts = [(r["config"][key], r["objective"]) for r in rows
+                   if r["stopped_early"] == early and r["objective"] is not None and key in r["config"]]
+            if pts:
+                ax.scatter(*zip(*pts), marker=marker, label=label)
+        ax.scatter([best["config"][key]], [best["objective"]], s=160, facecolors="none", edgecolors="red",
+                   label="best")
+        xs = [r["config"][key] for r in rows if key in r["config"]]
+        if tune_params.space[key].type == "loguniform" or (xs and min(xs) > 0 and max(xs) / min(xs) >= 10):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping 2x10^-1 labels
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"objective ({tune_params.objective}, last report)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{tune_params.method}: {len(rows)} trials")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--select", action="store_true", help="stage `tuned`: write results/tune/applied.json")
+    args = ap.parse_args(argv)
+    params = load_params()
+    lay = layout()
+    if args.select:
+        write_json(applied_path(lay), select(params, lay))
+        return 0
+
+    t0 = time.time()
+    tp = params.tune
+    if not lay.classifier.exists():
+        raise FileNotFoundError(f"{lay.classifier} not found (the objective's FID needs it); "
+                                "run `dvc repro classifier` first")
+    storage = Path(lay.storage_path(params))
+    if "://" in str(params.train.storage_path or ""):
+        raise SystemExit("train.storage_path URIs are not supported for the search yet; use a shared mount")
+    search_root = storage / f"tune-{tp.method}"
+    shutil.rmtree(search_root, ignore_errors=True)  # a new search: never resume an old one's trials
+    ctx = trial_context(params, lay, search_root / "trials", search_root / "train")
+    from pipeline.registry import setup_mlflow
+
+    setup_mlflow(params, lay)  # create/upgrade the DB once, before anything runs (fails fast on a bad URI)
+    init_ray(params)
+    grid = run_search(params, ctx, search_root)
+    seconds = time.time() - t0
+    rows = trial_table(grid, tp)
+    best = pick_best(rows)
+    run_id = log_mlflow(params, lay, rows, best, seconds)
+
+    out = {
+        "method": tp.method, "objective": tp.objective,
+        "best": {"config": best["config"], "objective": best["objective"], "trial_id": best["trial_id"]},
+        "trials": [{k: r[k] for k in ("trial_id", "config", "objective", "best_objective", "steps",
+                                      "stopped_early", "error")} for r in rows],
+        "space": {k: v.model_dump(exclude_none=True) for k, v in tp.space.items()},
+        "settings": tp.model_dump(exclude={"space", "method"}), "mlflow_run_id": run_id,
+        "seconds": round(seconds, 1),
+    }
+    path = result_path(lay, tp.method)
+    write_json(path, out)
+    plot(path.with_suffix(".png"), rows, tp, best)
+    # DVC cannot know that `tuned` reads this file (declaring it would pull the search into every
+    # `dvc repro`): when it is in use, refresh applied.json so DVC sees `tuned` and the train stages as changed.
+    if params.train.use_tuned:
+        write_json(applied_path(lay), select(params, lay))
+    stopped = sum(r["stopped_early"] for r in rows)
+    print(f"[tune] {tp.method}: {len(rows)} trials ({stopped} stopped early), best objective "
+          f"{best['objective']:.3f} with {best['config']} ({best['trial_id']}); {seconds:.0f}s", flush=True)
+    shutil.rmtree(search_root / "trials", ignore_errors=True)  # trial weights: the search result is the config
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,107 @@
+"""The search stage on tiny data: real Ray Tune (ASHA) over real Ray Train workers, MLflow sqlite,
+in a fresh git + DVC clone; then a train stage that picks the best config up (train.use_tuned)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import yaml
+
+from tests.integration.conftest import BIN, REPO, make_clone, run, tiny_params
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+
+METHOD = "generative_distillation"
+# A grid in a fixed order, so the early stop is not left to chance: the first trial trains with a
+# sensible lr and sets the bar at ASHA's first rung; the later ones barely move from their
+# initialisation, fall below it and are stopped there (ties never stop a trial, distinct values do).
+TUNE = {
+    "method": METHOD, "tasks": 2, "steps_per_task": 20, "eval_every_steps": 5, "grace_period_steps": 5,
+    "reduction_factor": 2, "num_samples": 1, "max_concurrent": 1, "scheduler": "asha", "search_alg": "random",
+    "samples_per_class": 8, "ddim_steps": 2,
+    "space": {"train.lr": {"type": "grid", "values": [0.003, 1.0e-6, 1.0e-7]},
+              "distill.weight": {"type": "loguniform", "low": 0.1, "high": 10}},
+}
+
+
+def _client(repo):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _stale(repo) -> set[str]:
+    return set(json.loads(run([str(BIN / "dvc"), "status", "--json"], repo).stdout))
+
+
+def test_tiny_search_asha_mlflow_and_use_tuned(tmp_path):
+    repo = make_clone(tmp_path / "repo", tiny_params(tune=TUNE))
+    (repo / "tune").mkdir()
+    shutil.copy(REPO / "tune" / "dvc.yaml", repo / "tune" / "dvc.yaml")
+    dvc = str(BIN / "dvc")
+    run([dvc, "repro", f"train@{METHOD}-task0"], repo)  # prepare, classifier, tuned ({}), one train stage
+    assert json.loads((repo / "results/tune/applied.json").read_text()) == {}
+    stale_before = _stale(repo)
+    assert f"train@{METHOD}-task0" not in stale_before
+
+    t0 = time.time()
+    out = run([dvc, "repro", "tune/dvc.yaml"], repo)
+    print(f"search: {time.time() - t0:.0f}s\n{out.stdout[-2000:]}")
+
+    # The trial table: 3 trials (the grid), at least one stopped early by ASHA at a rung.
+    result = json.loads((repo / f"results/tune/{METHOD}.json").read_text())
+    trials = result["trials"]
+    assert len(trials) == 3 and not any(t["error"] for t in trials), trials
+    assert sorted(t["config"]["train.lr"] for t in trials) == sorted(TUNE["space"]["train.lr"]["values"])
+    early = [t for t in trials if t["stopped_early"]]
+    assert early and all(t["steps"] < 20 for t in early), trials
+    assert any(t["steps"] == 20 for t in trials)
+    best = result["best"]
+    assert set(best["config"]) == {"train.lr", "distill.weight"} and best["objective"] > 0
+    assert best["trial_id"] in {t["trial_id"] for t in trials if not t["stopped_early"]}
+    assert (repo / f"results/tune/{METHOD}.png").stat().st_size > 0
+
+    # MLflow: a parent run with the best tagged, one nested run per trial with its objective curve.
+    client = _client(repo)
+    exp = client.get_experiment_by_name("it")
+    parents = client.search_runs([exp.experiment_id], f"tags.kind = 'tune' and tags.method = '{METHOD}'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.tags["best.trial_id"] == best["trial_id"]
+    assert float(parent.data.tags["best.distill.weight"]) == pytest.approx(best["config"]["distill.weight"])
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 3
+    assert {c.data.tags["status"] for c in children} >= {"terminated", "stopped_early"}
+    full = next(c for c in children if c.data.tags["trial_id"] == best["trial_id"])
+    curve = client.get_metric_history(full.info.run_id, "objective")
+    assert [m.step for m in curve] == [5, 10, 15, 20]
+
+    # use_tuned false: a search never makes a train stage stale (the search itself is up to date now).
+    assert _stale(repo) == stale_before - {"tune/dvc.yaml:tune"}
+
+    # use_tuned true: `tuned` picks the best config, the train stage re-runs with it.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["use_tuned"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([dvc, "repro", f"train@{METHOD}-task0"], repo)
+    applied = json.loads((repo / "results/tune/applied.json").read_text())
+    assert applied["method"] == METHOD and applied["config"] == best["config"]
+    receipt = json.loads((repo / f"results/receipts/{METHOD}/task-1.json").read_text())
+    run_params = client.get_run(receipt["run_id"]).data.params
+    assert run_params["tuned"] == "True"
+    assert float(run_params["distill.weight"]) == pytest.approx(best["config"]["distill.weight"])
+    assert float(run_params["train.lr"]) == pytest.approx(best["config"]["train.lr"])
+
+
+def test_use_tuned_without_a_search_fails_clearly(tmp_path):
+    params = tiny_params(tune=TUNE)
+    params["train"]["use_tuned"] = True
+    repo = make_clone(tmp_path / "repo", params)
+    res = run([str(BIN / "dvc"), "repro", "tuned"], repo, check=False)
+    assert res.returncode != 0
+    assert f"results/tune/{METHOD}.json not found" in res.stdout + res.stderr
+    assert "dvc repro tune/dvc.yaml" in res.stdout + res.stderr
