@@ -191,8 +191,16 @@ def serve(path: str) -> None:
     srv.listen(8)
     os.replace(tmp, path)  # clients see the socket only once it accepts
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    parent = os.getppid()
+    srv.settimeout(1.0)
     while True:
-        conn, _ = srv.accept()
+        try:
+            conn, _ = srv.accept()
+        except socket.timeout:
+            if os.getppid() != parent:  # `lifelong repro` died without stopping us (kill -9): exit too
+                return
+            continue
+        conn.settimeout(None)
         with conn:
             try:
                 _serve_one(conn)
