@@ -97,7 +97,7 @@ def plain_loop(cfg, *, teacher=None, warmup=10) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def through_ray(cfg, *, local: bool) -> tuple[float, float]:
+def through_ray(cfg, *, local: bool, cpus: int = 1) -> tuple[float, float]:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -105,7 +105,8 @@ def through_ray(cfg, *, local: bool) -> tuple[float, float]:
 
     start = time.perf_counter()
     TorchTrainer(train_loop_per_worker, train_loop_config=cfg.to_dict(),
-                 scaling_config=ray.train.ScalingConfig(num_workers=0 if local else 1),
+                 scaling_config=ray.train.ScalingConfig(num_workers=0 if local else 1,
+                                                        resources_per_worker=None if local else {"CPU": cpus}),
                  run_config=ray.train.RunConfig(name=f"bench-{time.time_ns()}",
                                                 storage_path=str(Path(cfg.checkpoint_dir).parent))).fit()
     wall = time.perf_counter() - start
@@ -127,9 +128,15 @@ def bench_step_times(params, work: Path, steps: int, cluster: bool) -> None:
         t = time.perf_counter()
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
         row("ray.init() starting a local cluster", f"{time.perf_counter() - t:.1f} s")
-        actor, actor_overhead = through_ray(task_config(params, shards, work / "a", steps=steps), local=False)
-        row("Ray Train 1 actor worker / plain", f"{actor / plain:.3f}x", "<= 1.05x", actor / plain <= 1.05)
+        # Ray sets a worker's torch threads (OMP_NUM_THREADS) to its CPUs: give it the plain loop's threads.
+        cpus = torch.get_num_threads()
+        actor, actor_overhead = through_ray(task_config(params, shards, work / "a", steps=steps), local=False,
+                                            cpus=cpus)
+        row(f"Ray Train 1 actor worker ({cpus} CPUs) / plain", f"{actor / plain:.3f}x", "<= 1.05x",
+            actor / plain <= 1.05)
         row("TorchTrainer.fit overhead, 1 actor (running cluster)", f"{actor_overhead:.1f} s")
+        one, _ = through_ray(task_config(params, shards, work / "a1", steps=steps), local=False, cpus=1)
+        row("Ray Train 1 actor worker (1 CPU, 1 torch thread) / plain", f"{one / plain:.3f}x")
         ray.shutdown()
 
     print("[2] generative distillation vs generative replay (task 2)", flush=True)
@@ -177,6 +184,7 @@ def bench_stage(params_raw: dict, work: Path) -> None:
     p = json.loads(json.dumps(params_raw))
     p["data"].update(dataset="digits", tasks=[[0, 1]], train_per_class=100, test_per_class=20)
     p["task_chain"] = [{"task": 1, "prev": 0}]
+    p.setdefault("tune", {})["tasks"] = 1
     p["methods"] = ["finetune"]
     p["train"]["steps_per_task"] = 20
     (repo / "params.yaml").write_text(yaml.safe_dump(p))

@@ -77,6 +77,7 @@ class TrainParams(_Section):
     lr: float = Field(2e-3, gt=0)
     grad_clip: float = Field(1.0, gt=0)  # the paper clips at 1.0
     num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP when >= 2)
+    cpus_per_worker: int = Field(1, ge=1)  # CPUs per Ray Train worker actor; Ray sets its torch threads to this
     use_gpu: bool = False  # CUDA + NCCL + bf16 autocast
     local_mode: Literal["auto", "always", "never"] = "auto"  # auto: Ray Train local mode for 1 CPU worker
     checkpoint_every_steps: int = Field(100, gt=0)

@@ -88,7 +88,9 @@ def run_trainer(cfg: dict, params: Params, name: str, storage_path: str):
         train_loop_per_worker,
         train_loop_config=cfg,
         scaling_config=ray.train.ScalingConfig(num_workers=0 if local else params.train.num_workers,
-                                               use_gpu=params.train.use_gpu),
+                                               use_gpu=params.train.use_gpu,
+                                               resources_per_worker=None if local else
+                                               {"CPU": params.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
