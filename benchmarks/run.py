@@ -183,23 +183,23 @@ def bench_stage(params_raw: dict, work: Path) -> None:
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     p = json.loads(json.dumps(params_raw))
     p["data"].update(dataset="digits", tasks=[[0, 1]], train_per_class=100, test_per_class=20)
-    p["task_chain"] = [{"task": 1, "prev": 0}]
+    p["scenarios"] = {"label": {"runs": ["diffusion-finetune"], "task_chain": [{"task": 1, "prev": 0}]},
+                      "image": {"runs": []}}
     p.setdefault("tune", {})["tasks"] = 1
-    p["methods"] = ["finetune"]
     p["train"]["steps_per_task"] = 20
     (repo / "params.yaml").write_text(yaml.safe_dump(p))
     env = {**os.environ, "DVC_ROOT": str(repo), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("LIFELONG_STAGE_SERVER", None)
-    for stage in (["pipeline.prepare"], ["pipeline.start", "--method", "finetune"]):
+    for stage in (["pipeline.prepare"], ["pipeline.start", "--scenario", "label", "--run", "diffusion-finetune"]):
         subprocess.run([sys.executable, "-m", *stage], cwd=repo, env=env, check=True, capture_output=True)
 
     def one_stage(label: str, seed: int) -> None:
         p["seed"] = seed  # a new seed: a new run, nothing to resume
         (repo / "params.yaml").write_text(yaml.safe_dump(p))
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "pipeline.train", "--method", "finetune", "--task", "1"],
-                       cwd=repo, env=env, check=True, capture_output=True)
-        timing = json.loads((repo / "results/receipts/finetune/task-1.json").read_text())["timing"]
+        subprocess.run([sys.executable, "-m", "pipeline.train", "--scenario", "label", "--run", "diffusion-finetune",
+                        "--task", "1"], cwd=repo, env=env, check=True, capture_output=True)
+        timing = json.loads((repo / "results/receipts/label/diffusion-finetune/task-1.json").read_text())["timing"]
         start = timing["first_step"] - t0
         end = timing["registered"] - timing["last_step"]
         row(f"{label}: process start -> first step", f"{start:.1f} s", "<= 15 s", start <= 15)

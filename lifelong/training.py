@@ -32,8 +32,8 @@ _STEP_FILE = re.compile(r"^step-(\d{7})\.pt$")
 class TaskTrainConfig:
     """Everything a worker needs for one task; plain data so Ray can ship it to any node."""
 
-    method: str  # key of lifelong.methods.METHODS
-    model_config: dict  # DiffusionConfig.to_dict()
+    method: str  # key of lifelong.methods.METHODS[family]
+    model_config: dict  # DiffusionConfig.to_dict() or GANConfig.to_dict()
     task_index: int  # 1-based
     task_classes: list[int]  # classes this task adds
     previous_classes: list[int]  # classes of tasks 1..k-1 (replay labels)
@@ -55,6 +55,9 @@ class TaskTrainConfig:
     # Optional search objective (lifelong.tuning spec): rank 0 measures it at every report step and
     # adds `objective` to the reported metrics. None (the train stage): no extra work at all.
     objective: dict | None = None
+    family: str = "diffusion"  # "diffusion" | "gan": which learner (lifelong.learners.LEARNERS)
+    paired: bool = False  # image-conditioned shards: batches are (A, B, label) instead of (x, label)
+    method_options: dict = field(default_factory=dict)  # extra method kwargs (GAN: auxiliary, filter_ratio)
     extra: dict = field(default_factory=dict)  # free-form, recorded only
 
     def to_dict(self) -> dict:
@@ -97,11 +100,11 @@ def _prune(checkpoint_dir: Path, keep: int) -> None:
 
 
 def load_model_file(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """A model file is {"config": ..., "state_dict": ...}; weights_only=True: no pickle of code."""
-    from lifelong.models.diffusion import load_state
+    """A model file is {"config": ..., "state_dict": ...[, "family"]}; weights_only=True: no pickle of code."""
+    from lifelong.models import load_model
 
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return load_state(state).to(device)
+    return load_model(state).to(device)
 
 
 # --- the worker loop -------------------------------------------------------------------------
@@ -109,9 +112,9 @@ def load_model_file(path: str | Path, device: torch.device | str = "cpu") -> tor
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
 
-    from lifelong.data import train_batches
-    from lifelong.methods import TaskInfo, make_method
-    from lifelong.models.diffusion import DiffusionConfig, build_unet, save_state
+    from lifelong.data import train_batches, train_pair_batches
+    from lifelong.learners import LEARNERS
+    from lifelong.methods import TaskInfo
 
     cfg = TaskTrainConfig(**config)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -124,46 +127,29 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report({"step": cfg.steps, "resumed_from": cfg.steps, "train_seconds": 0.0})
         return
 
-    # [2] model, teacher, method
-    model_cfg = DiffusionConfig.from_dict(cfg.model_config)
-    torch.manual_seed(cfg.seed)
-    model = build_unet(model_cfg)
-    teacher = None
-    if cfg.init_state is not None:
-        previous = load_model_file(cfg.init_state)
-        model.load_state_dict(previous.state_dict())  # every method continues from task k-1's weights
-        teacher = previous.to(device).eval().requires_grad_(False)  # frozen; never DDP-wrapped
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-
-    method = make_method(
-        cfg.method,
-        model_cfg,
-        distill_weight=cfg.distill_weight,
-        replay_ddim_steps=cfg.replay_ddim_steps,
-        generator_seed=cfg.seed * 1000 + cfg.task_index * 10 + rank,
-    )
+    # [2] model, teacher, method: the family's learner builds them (lifelong/learners.py)
     task = TaskInfo(
         index=cfg.task_index,
         classes=list(cfg.task_classes),
         seen_classes=sorted(set(cfg.previous_classes) | set(cfg.task_classes)),
         previous_classes=list(cfg.previous_classes),
     )
-    method.before_task(task, teacher if method.needs_teacher else None)
+    if cfg.family not in LEARNERS:
+        raise ValueError(f"unknown model family {cfg.family!r}; valid: {', '.join(LEARNERS)}")
+    learner = LEARNERS[cfg.family](cfg, task, device, rank)
 
     # Resume: the newest step file wins, whoever wrote it (a Ray restart or an earlier `dvc repro`).
     start_step = 0
     latest = latest_checkpoint(ckpt_dir)
     if latest is not None:
         state = torch.load(latest, map_location="cpu", weights_only=True)
-        dist.unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        learner.load_state_dict(state)
         start_step = int(state["step"])
         dist.print0(f"[train] task {cfg.task_index}: resuming from {latest.name} (step {start_step})")
 
     # [1] data: the stream is re-seeded by the resume step, so a resumed run sees fresh batches.
     per_worker_batch = max(1, cfg.batch_size // world)
-    batches = train_batches(
+    batches = (train_pair_batches if cfg.paired else train_batches)(
         cfg.shards,
         batch_size=per_worker_batch,
         num_batches=cfg.steps - start_step,
@@ -178,26 +164,17 @@ def train_loop_per_worker(config: dict) -> None:
         real = load_real(cfg.objective)
 
     # [3] loop
-    model.train()
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.use_gpu)
     step, started, parts, first_step_wall = start_step, time.perf_counter(), {}, 0.0
-    for x0, y in batches:
-        x0, y = x0.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast:
-            parts = method.loss(model, x0, y)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+    for batch in batches:
+        batch = tuple(t.to(device, non_blocking=True) for t in batch)
+        parts = learner.step(batch, autocast)  # forward under autocast, backward and step outside
         step += 1
         first_step_wall = first_step_wall or time.time()  # for the stage's fixed-cost breakdown
 
         # [4] report + checkpoint (report is a barrier: every rank calls it equally often)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps and rank == 0:
-            _atomic_save(
-                {"model": dist.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step},
-                ckpt_dir / f"step-{step:07d}.pt",
-            )
+            _atomic_save({**learner.state_dict(), "step": step}, ckpt_dir / f"step-{step:07d}.pt")
             _prune(ckpt_dir, cfg.keep_checkpoints)
         if step % cfg.log_every == 0 or step == cfg.steps:
             metrics = {k: float(v.detach()) for k, v in parts.items()}
@@ -206,7 +183,7 @@ def train_loop_per_worker(config: dict) -> None:
             if real is not None:  # rank 0 only; the other ranks wait in report (a barrier) meanwhile
                 from lifelong.tuning import measure
 
-                metrics.update(measure(dist.unwrap(model), model_cfg, cfg.objective, real, device))
+                metrics.update(measure(*learner.eval_model(), cfg.objective, real, device))
             if rank == 0:  # the driver logs this curve to MLflow (Ray keeps only the last report in local mode)
                 with open(ckpt_dir / METRICS_NAME, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
@@ -214,6 +191,6 @@ def train_loop_per_worker(config: dict) -> None:
 
     if step != cfg.steps:
         raise RuntimeError(f"data stream ended after {step} of {cfg.steps} steps (shards {cfg.shards[:2]}...)")
-    method.after_task()
+    exported = learner.export()
     if rank == 0:
-        _atomic_save(save_state(dist.unwrap(model).cpu(), model_cfg), ckpt_dir / FINAL_NAME)
+        _atomic_save(exported, ckpt_dir / FINAL_NAME)

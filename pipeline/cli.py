@@ -3,7 +3,7 @@
     lifelong repro [DVC ARGS]   dvc repro, with one Ray cluster kept up for all stages when they need one
     lifelong ui [--port N]      the MLflow UI on 127.0.0.1 over this repository's mlflow.db
     lifelong check              validate params.yaml (every error names its key path)
-    lifelong chain              print the task_chain entry params.yaml needs for its data.tasks
+    lifelong chain              print the task_chain entries params.yaml needs for its scenarios' tasks
 """
 
 from __future__ import annotations
@@ -92,9 +92,16 @@ def ui(port: int) -> int:
 
 
 def chain() -> int:
+    """The scenarios.<name>.task_chain blocks for the tasks params.yaml lists (works on an invalid file)."""
     with open(repo_root() / "params.yaml") as f:
-        tasks = (yaml.safe_load(f) or {}).get("data", {}).get("tasks") or Params.model_fields["data"].default.tasks
-    print(yaml.safe_dump({"task_chain": chain_for(len(tasks))}, default_flow_style=None, sort_keys=False), end="")
+        raw = yaml.safe_load(f) or {}
+    counts = {
+        "label": len((raw.get("data") or {}).get("tasks") or Params.model_fields["data"].default.tasks),
+        "image": len((raw.get("image_data") or {}).get("tasks") or Params.model_fields["image_data"].default.tasks),
+    }
+    out = {"scenarios": {sc: {"task_chain": chain_for(n)} for sc, n in counts.items()}}
+    print("# paste under each scenario (keep its runs)", flush=True)
+    print(yaml.safe_dump(out, default_flow_style=None, sort_keys=False), end="")
     return 0
 
 
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p_ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1")
     p_ui.add_argument("--port", type=int, default=5000)
     sub.add_parser("check", help="validate params.yaml")
-    sub.add_parser("chain", help="print task_chain for data.tasks")
+    sub.add_parser("chain", help="print each scenario's task_chain for its tasks")
     args, rest = ap.parse_known_args(argv)
     try:
         if args.cmd == "repro":

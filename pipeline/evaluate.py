@@ -1,15 +1,21 @@
-"""Stage `evaluate@<method>`: the task x task quality matrices of one method.
+"""Stage `evaluate_<scenario>@<run>`: the task x task quality matrices of one run.
 
-After each task k (the version its train stage registered), for each seen task j <= k: generate
-`eval.samples_per_class` images per class of task j with DDIM, then FID/KID against task j's real
-test images and the classifier's accuracy on them. Row k of every matrix is logged to task k's
-MLflow run; the forgetting summary is set as tags on the last task's model version.
+After each task k (the version its train stage registered), for each seen task j <= k, the model
+generates task j:
+- label scenario: `eval.samples_per_class` images per class of task j (DDIM for diffusion, random z
+  for GANs), against task j's real test images;
+- image scenario: G(A, z) for every test condition A of task j, against the real targets B, plus
+  the mean L1 distance to B.
+FID/KID use the same offline feature extractor everywhere; acc is the classifier's on the samples.
+Which weights generate task j after task k: the task-k model, except for `standalone` (task j's own
+model: one model per task) and `piggyback_gan` (the task-k model switched to task j's filters).
+Row k of every matrix is logged to task k's MLflow run; the forgetting summary is set as tags on the
+last task's model version.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,72 +23,82 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.layout import run_stage, layout, read_json, write_json
-from pipeline.params import load_params
+from pipeline.params import load_params, split_run
 from pipeline.registry import download_model_version, setup_mlflow
 
 MATRIX_KEYS = ("fid", "kid", "acc")
+IMAGE_MATRIX_KEYS = MATRIX_KEYS + ("l1",)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", required=True)
+    ap.add_argument("--scenario", required=True, choices=["label", "image"])
+    ap.add_argument("--run", required=True, help="<family>-<method>")
     args = ap.parse_args(argv)
     import mlflow
     import torch
     from mlflow import MlflowClient
 
-    from lifelong.data import read_all, task_shard_paths, verify_shards
+    from lifelong.data import read_all, read_all_pairs, task_shard_paths, verify_shards
     from lifelong.evaluation import quality
-    from lifelong.evaluation.generate import generate_per_class
-    from lifelong.models.diffusion import DiffusionConfig
+    from lifelong.models import model_config
     from lifelong.training import load_model_file
 
     params = load_params()
     lay = layout()
-    method, T = args.method, params.num_tasks
+    scenario, run = args.scenario, args.run
+    runs = getattr(params.scenarios, scenario).runs
+    if run not in runs:
+        raise SystemExit(f"--run {run!r} is not in params.yaml scenarios.{scenario}.runs {runs}")
+    family, method = split_run(run)
+    T = params.num_tasks_of(scenario)
     if not lay.classifier.exists():
         raise SystemExit(f"{lay.classifier} not found; run `dvc repro classifier` first")
     experiment_id = setup_mlflow(params, lay)
     client = MlflowClient()
     device = torch.device("cuda" if params.train.use_gpu and torch.cuda.is_available() else "cpu")
-    real = {}
+    shard_dir = lay.scenario_shards(scenario)
+    real = {}  # task j -> label: (B,) ; image: (A, B, labels)
     for j in range(1, T + 1):
-        verify_shards(lay.shards, task=j)
-        real[j] = read_all(task_shard_paths(lay.shards, j, "test"))[0]
+        verify_shards(shard_dir, task=j)
+        paths = task_shard_paths(shard_dir, j, "test")
+        real[j] = read_all(paths) if scenario == "label" else read_all_pairs(paths)
 
-    receipts = [read_json(lay.receipt(method, k), what=f"receipt of {method} task {k}",
-                          fix=f"run `dvc repro train@{method}-task{k - 1}`") for k in range(1, T + 1)]
-    matrix = {key: [[None] * T for _ in range(T)] for key in MATRIX_KEYS}
+    stage_of = lambda k: f"train_{scenario}@{run}-task{k - 1}"  # noqa: E731
+    receipts = [read_json(lay.receipt(scenario, run, k), what=f"receipt of {scenario}/{run} task {k}",
+                          fix=f"run `dvc repro {stage_of(k)}`") for k in range(1, T + 1)]
+    keys = MATRIX_KEYS if scenario == "label" else IMAGE_MATRIX_KEYS
+    matrix = {key: [[None] * T for _ in range(T)] for key in keys}
+    models: dict[int, torch.nn.Module] = {}
     samples, t0 = {}, time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for k, receipt in enumerate(receipts, start=1):
             model_file = download_model_version(receipt["model_name"], receipt["version"], Path(tmp) / f"task-{k}",
-                                                stage_hint=f"train@{method}-task{k - 1}")
-            state = torch.load(model_file, map_location="cpu", weights_only=True)
-            cfg = DiffusionConfig.from_dict(state["config"])
-            model = load_model_file(model_file, device).eval()
-            n_params = count_params(model)
+                                                stage_hint=stage_of(k))
+            cfg = model_config(torch.load(model_file, map_location="cpu", weights_only=True))
+            models[k] = load_model_file(model_file, device).eval()
             row = {}
             for j in range(1, k + 1):
-                classes = params.data.tasks[j - 1]
-                images, labels = generate_per_class(model, classes, per_class=params.eval.samples_per_class, cfg=cfg,
-                                          steps=params.eval.ddim_steps, seed=params.seed * 100 + j,
-                                          batch_size=params.eval.batch_size, device=device)
-                q = quality(images, labels, real[j], classifier_path=str(lay.classifier),
-                            feature_extractor=params.eval.feature_extractor,
+                net = generator_for(method, models, k, j)
+                images, labels, extra = generate_task(params, scenario, family, net, cfg, j, real[j], device)
+                q = quality(images, labels, real[j][0] if scenario == "label" else real[j][1],
+                            classifier_path=str(lay.classifier), feature_extractor=params.eval.feature_extractor,
                             kid_subset_size=params.eval.kid_subset_size, device=device.type)
-                for key in MATRIX_KEYS:
-                    matrix[key][k - 1][j - 1] = float(q[key])
-                    row[f"eval/{key}/task-{j}"] = float(q[key])
-                if k == T:  # a few final samples per class for the report's grid
-                    for c in classes:
-                        samples[c] = images[labels == c][:8]
-            row.update({f"eval/{key}_mean_seen": float(np.mean([matrix[key][k - 1][j] for j in range(k)]))
-                        for key in MATRIX_KEYS})
+                q.update(extra)
+                for key in keys:
+                    matrix[key][k - 1][j - 1] = None if q[key] is None else float(q[key])
+                    if q[key] is not None:
+                        row[f"eval/{key}/task-{j}"] = float(q[key])
+                if k == T:  # a few final samples per task (label: per class) for the report's grid
+                    samples.update(grid_samples(scenario, j, images, labels, real[j]))
+            row.update({f"eval/{key}_mean_seen": float(np.mean(vals)) for key in keys
+                        if (vals := [v for v in matrix[key][k - 1][:k] if v is not None])})
             with mlflow.start_run(run_id=receipt["run_id"]):
                 mlflow.log_metrics(row, step=k)
-            print(f"[evaluate] {method} after task {k}: FID " +
+            print(f"[evaluate] {scenario}/{run} after task {k}: FID " +
                   " ".join(f"{matrix['fid'][k - 1][j]:.1f}" for j in range(k)), flush=True)
+            if method != "standalone":
+                models = {k: models[k]}  # only standalone needs the earlier tasks' models again
 
     summary = summarize(matrix)
     last = receipts[-1]
@@ -92,33 +108,91 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_metrics({k: v for k, v in summary.items() if v is not None})
 
     out = {
-        "method": method, "matrix": matrix, **summary,
+        "scenario": scenario, "run": run, "family": family, "method": method, "matrix": matrix, **summary,
         "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in receipts)),
-        "params": n_params,
+        **parameter_counts(method, models[T], T),
         "feature_extractor": params.eval.feature_extractor, "eval_seconds": time.time() - t0,
         "versions": [r["version"] for r in receipts], "model_name": last["model_name"],
     }
-    write_json(lay.eval_result(method), out)
-    grid = lay.eval_result(method).with_name(f"{method}-samples.npz")
-    np.savez_compressed(grid, **{f"class_{c}": v for c, v in sorted(samples.items())})
+    write_json(lay.eval_result(scenario, run), out)
+    np.savez_compressed(lay.eval_samples(scenario, run), **samples)
     return 0
+
+
+def generator_for(method: str, models: dict, k: int, j: int):
+    """The weights that generate task j after task k (see the module docstring)."""
+    if method == "standalone":
+        return models[j]
+    net = models[k]
+    if method == "piggyback_gan":
+        from lifelong.models import piggyback
+
+        piggyback.set_task(net["G"], j)  # rebuilds task j's filters from U_j, M_j and the bank F_j
+    return net
+
+
+def generate_task(params, scenario: str, family: str, net, cfg, j: int, real_j, device):
+    """Task j's generated images (uint8 (N, H, W)), the labels they stand for (None: no classes), extra metrics."""
+    from lifelong.evaluation.generate import gan_generate_per_class, gan_translate, generate_per_class
+
+    seed = params.seed * 100 + j
+    if scenario == "image":
+        a, b, labels = real_j
+        images = gan_translate(net, a, seed=seed, batch_size=params.eval.batch_size, device=device)
+        l1 = float(np.abs(images.astype(np.float32) - b.astype(np.float32)).mean() / 255.0)  # in [0, 1]
+        return images, (labels if (labels >= 0).all() else None), {"l1": l1}
+    classes = params.task_classes(scenario, j)
+    per_class = params.eval.samples_per_class
+    if family == "gan":
+        images, labels = gan_generate_per_class(net, classes, per_class=per_class, seed=seed,
+                                                batch_size=params.eval.batch_size, device=device)
+    else:
+        images, labels = generate_per_class(net, classes, per_class=per_class, cfg=cfg, steps=params.eval.ddim_steps,
+                                            seed=seed, batch_size=params.eval.batch_size, device=device)
+    return images, labels, {}
+
+
+def grid_samples(scenario: str, j: int, images, labels, real_j, n: int = 8) -> dict[str, np.ndarray]:
+    """label: 8 samples per class (`class_<c>`); image: rows A | generated | B of task j (`task_<j>`)."""
+    if scenario == "image":
+        a, b, _ = real_j
+        return {f"task_{j}": np.stack([a[:n], images[:n], b[:n]])}  # (3, n, H, W)
+    return {f"class_{c}": images[labels == c][:n] for c in np.unique(labels)}
+
+
+def parameter_counts(method: str, final_model, num_tasks: int) -> dict:
+    """`params`: what serving every task takes after the last one; `params_standalone`: T separate models.
+
+    Generator only for GANs (E and D are training aids); the whole network for diffusion.
+    """
+    from lifelong.models import piggyback
+
+    net = final_model["G"] if hasattr(final_model, "cfg") and "G" in final_model else final_model
+    if piggyback.is_piggyback(net):
+        # task 1 has only free filters: its count is that of the plain generator, one standalone model
+        single = piggyback.task_parameter_count(net, 1)
+        return {"params": int(piggyback.total_parameter_count(net)), "params_standalone": int(num_tasks * single)}
+    single = int(sum(p.numel() for p in net.parameters()))
+    total = num_tasks * single if method == "standalone" else single
+    return {"params": total, "params_standalone": num_tasks * single}
 
 
 def summarize(matrix: dict) -> dict:
     from lifelong import metrics
 
     fid, kid, acc = matrix["fid"], matrix["kid"], matrix["acc"]
-    return {
+    has_acc = all(v is not None for row_i, row in enumerate(acc) for v in row[:row_i + 1])
+    out = {
         "fid_final_mean": metrics.final_mean(fid),
         "kid_final_mean": metrics.final_mean(kid),
-        "acc_final_mean": metrics.final_mean(acc),
+        "acc_final_mean": metrics.final_mean(acc) if has_acc else None,
         "forgetting_fid_mean": metrics.forgetting_mean(fid, lower_is_better=True),
         "bwt_fid": metrics.bwt(fid),
     }
-
-
-def count_params(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
+    if "l1" in matrix:
+        out["l1_final_mean"] = metrics.final_mean(matrix["l1"])
+        out["forgetting_l1_mean"] = metrics.forgetting_mean(matrix["l1"], lower_is_better=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -24,14 +24,21 @@ class Layout:
     root: Path
 
     @property
-    def shards(self) -> Path:
+    def shards(self) -> Path:  # the label scenario's class-incremental shards
         return self.root / "data" / "shards"
 
-    def task_shards(self, task: int) -> Path:
-        return self.shards / f"task-{task}"
+    @property
+    def paired_shards(self) -> Path:  # the image scenario's (A, B) pair shards
+        return self.root / "data" / "shards-image"
 
-    def receipt(self, method: str, task: int) -> Path:
-        return self.root / "results" / "receipts" / method / f"task-{task}.json"
+    def scenario_shards(self, scenario: str) -> Path:
+        return self.shards if scenario == "label" else self.paired_shards
+
+    def task_shards(self, task: int, scenario: str = "label") -> Path:
+        return self.scenario_shards(scenario) / f"task-{task}"
+
+    def receipt(self, scenario: str, run: str, task: int) -> Path:
+        return self.root / "results" / "receipts" / scenario / run / f"task-{task}.json"
 
     @property
     def classifier(self) -> Path:
@@ -41,8 +48,11 @@ class Layout:
     def classifier_receipt(self) -> Path:
         return self.root / "results" / "receipts" / "classifier.json"
 
-    def eval_result(self, method: str) -> Path:
-        return self.root / "results" / "eval" / f"{method}.json"
+    def eval_result(self, scenario: str, run: str) -> Path:
+        return self.root / "results" / "eval" / scenario / f"{run}.json"
+
+    def eval_samples(self, scenario: str, run: str) -> Path:
+        return self.root / "results" / "eval" / scenario / f"{run}-samples.npz"
 
     @property
     def metrics(self) -> Path:

@@ -15,7 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # Kept in sync with lifelong.methods.METHODS (a test checks it); duplicated here so that validating
 # params.yaml does not import torch (~6 s) before it can say "typo".
-METHOD_NAMES = ("finetune", "joint", "generative_replay", "generative_distillation")
+FAMILY_METHODS: dict[str, tuple[str, ...]] = {
+    "diffusion": ("finetune", "joint", "generative_replay", "generative_distillation"),
+    "gan": ("finetune", "joint", "standalone", "lifelong_gan", "piggyback_gan"),
+}
+METHOD_NAMES = FAMILY_METHODS["diffusion"]  # what tune.method may name (the search measures diffusion models)
+# Which model families a scenario's data can train: label-conditioned generation has both, the
+# image-conditioned (A -> B) scenario only GANs (BicycleGAN-style).
+SCENARIO_FAMILIES: dict[str, tuple[str, ...]] = {"label": ("diffusion", "gan"), "image": ("gan",)}
+CONDITIONS = ("edges", "silhouette", "downsample")  # lifelong.data.paired.CONDITIONS
 DATASET_NAMES = ("fashion_mnist", "digits", "image_folder")
 FEATURE_EXTRACTORS = ("lifelong-cnn", "inception-v3-compat")
 
@@ -55,6 +63,74 @@ class DataParams(_Section):
                     raise ValueError(f"class {c} appears in more than one task (task {k}); tasks must not overlap")
                 seen.add(c)
         return tasks
+
+
+class ImageTaskParams(_Section):
+    """One image-conditioned task: derived from data.dataset (condition + classes) or a pix2pix folder (root)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    condition: Literal["edges", "silhouette", "downsample"] | None = None  # A = condition(B), B from data.dataset
+    classes: list[int] | None = None  # the classes of data.dataset whose images are B
+    root: str | None = None  # pix2pix-style folder: root/train/*.jpg with A | B side by side (and val/ or test/)
+    direction: Literal["AtoB", "BtoA"] = "AtoB"  # pix2pix: which half is the condition
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ImageTaskParams":
+        derived = self.condition is not None or self.classes is not None
+        if derived and self.root is not None:
+            raise ValueError(f"task {self.name!r}: give either condition + classes (derived from data.dataset) "
+                             "or root (a pix2pix folder), not both")
+        if not derived and self.root is None:
+            raise ValueError(f"task {self.name!r}: needs condition + classes (e.g. condition: edges, classes: [5, 7, 9]) "
+                             "or root: /path/to/edges2shoes")
+        if derived and (self.condition is None or not self.classes):
+            raise ValueError(f"task {self.name!r}: a derived task needs both condition ({', '.join(CONDITIONS)}) "
+                             "and a non-empty classes list")
+        return self
+
+
+class ImageDataParams(_Section):
+    # Images are data.image_size_px (the classifier that measures FID sees one size).
+    train_per_task: int | None = Field(1000, gt=0)  # cap on training pairs per task (None: all)
+    test_per_task: int | None = Field(200, gt=0)  # cap on test pairs per task (None: all)
+    samples_per_shard: int = Field(1000, gt=0)
+    tasks: list[ImageTaskParams] = [
+        ImageTaskParams(name="edges2footwear", condition="edges", classes=[5, 7, 9]),
+        ImageTaskParams(name="edges2bags", condition="edges", classes=[8]),
+        ImageTaskParams(name="silhouette2tops", condition="silhouette", classes=[0, 2, 4, 6]),
+        ImageTaskParams(name="downsample2bottoms", condition="downsample", classes=[1, 3]),
+    ]
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_names(cls, tasks: list[ImageTaskParams]) -> list[ImageTaskParams]:
+        if not tasks:
+            raise ValueError("needs at least one task")
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        return tasks
+
+
+class GANParams(_Section):
+    """The GAN family: label-conditioned DCGAN + projection D, image-conditioned BicycleGAN."""
+
+    width: int = Field(32, gt=0)  # base channel count of every net
+    z_dim: int = Field(16, gt=0)  # noise size of the label-conditioned generator
+    latent_dim: int = Field(8, gt=0)  # BicycleGAN's |z| for the image-conditioned generator
+    gan_loss: Literal["lsgan", "hinge"] = "lsgan"
+    steps_per_task: int = Field(300, gt=0)  # all GAN methods get the same budget
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(2e-4, gt=0)  # Adam(beta1 = 0.5), BicycleGAN's default
+
+
+class LifelongGANParams(_Section):
+    beta: float = Field(1.0, ge=0)  # weight of the distillation loss L_DL
+    auxiliary: Literal["montage", "swap", "both"] = "both"  # image-conditioned: auxiliary pairs to distil on
+
+
+class PiggybackGANParams(_Section):
+    filter_ratio: float = Field(0.25, gt=0, le=1)  # lambda: share of each layer's filters that are new per task
 
 
 class ModelParams(_Section):
@@ -245,14 +321,52 @@ class TaskLink(_Section):
     prev: int = Field(ge=0)
 
 
+class ScenarioParams(_Section):
+    # "<family>-<method>" pairs this scenario trains, e.g. diffusion-generative_distillation,
+    # gan-lifelong_gan; [] switches the scenario off.
+    runs: list[str] = []
+    # DVC cannot compute "k - 1" in dvc.yaml, so each train stage's predecessor is spelled out here.
+    # It must list tasks 1..T of the scenario in order; `lifelong chain` prints it.
+    task_chain: list[TaskLink] = []
+
+
+class ScenariosParams(_Section):
+    label: ScenarioParams = ScenarioParams()  # label-conditioned, class-incremental: data.tasks
+    image: ScenarioParams = ScenarioParams()  # image-conditioned (A -> B): image_data.tasks
+
+
+def split_run(run: str) -> tuple[str, str]:
+    """ "gan-lifelong_gan" -> ("gan", "lifelong_gan")."""
+    family, _, method = run.partition("-")
+    return family, method
+
+
+def run_errors(scenario: str, runs: list[str]) -> list[str]:
+    where = f"scenarios.{scenario}.runs"
+    errors = []
+    families = SCENARIO_FAMILIES[scenario]
+    allowed = [f"{f}-{m}" for f in families for m in FAMILY_METHODS[f]]
+    for run in runs:
+        family, method = split_run(run)
+        if family not in FAMILY_METHODS or method not in FAMILY_METHODS[family]:
+            errors.append(f"{where}: unknown run {run!r} (a run is <family>-<method>); allowed: {', '.join(allowed)}")
+        elif family not in families:
+            errors.append(f"{where}: {run!r} does not apply to the {scenario} scenario: it trains only "
+                          f"{' or '.join(families)} models; allowed: {', '.join(allowed)}")
+    if len(set(runs)) != len(runs):
+        errors.append(f"{where}: lists a run twice")
+    return errors
+
+
 class Params(_Section):
     experiment: str = Field("lifelong-fmnist", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
-    methods: list[str] = list(METHOD_NAMES)
-    # DVC cannot compute "k - 1" in dvc.yaml, so each train stage's predecessor is spelled out here.
-    # It must list tasks 1..len(data.tasks) in order; `lifelong chain` prints it for a new data.tasks.
-    task_chain: list[TaskLink]
+    scenarios: ScenariosParams
     data: DataParams = DataParams()
+    image_data: ImageDataParams = ImageDataParams()
+    gan: GANParams = GANParams()
+    lifelong_gan: LifelongGANParams = LifelongGANParams()
+    piggyback_gan: PiggybackGANParams = PiggybackGANParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     distill: DistillParams = DistillParams()
@@ -262,41 +376,55 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     tune: TuneParams = TuneParams()
 
-    @field_validator("methods")
-    @classmethod
-    def _known_methods(cls, methods: list[str]) -> list[str]:
-        if not methods:
-            raise ValueError(f"needs at least one method; allowed: {', '.join(METHOD_NAMES)}")
-        for m in methods:
-            if m not in METHOD_NAMES:
-                raise ValueError(f"unknown method {m!r}; allowed: {', '.join(METHOD_NAMES)}")
-        if len(set(methods)) != len(methods):
-            raise ValueError("lists a method twice")
-        return methods
-
     @model_validator(mode="after")
     def _chain_matches_tasks(self) -> "Params":
-        expected = chain_for(len(self.data.tasks))
-        got = [link.model_dump() for link in self.task_chain]
-        if got != expected:
-            raise ValueError(
-                f"task_chain: must be {expected} for the {len(self.data.tasks)} tasks of data.tasks "
-                "(one entry per task, prev = task - 1); run `lifelong chain` to print it"
-            )
-        errors = tune_space_errors(self.tune)
+        errors = []
+        for scenario in SCENARIOS:
+            sc = getattr(self.scenarios, scenario)
+            errors += run_errors(scenario, sc.runs)
+            if not sc.runs:
+                continue
+            expected = chain_for(self.num_tasks_of(scenario))
+            if [link.model_dump() for link in sc.task_chain] != expected:
+                errors.append(
+                    f"scenarios.{scenario}.task_chain: must be {expected} for the {len(expected)} tasks of "
+                    f"{TASKS_KEY[scenario]} (one entry per task, prev = task - 1); run `lifelong chain` to print it")
+        size = self.data.image_size_px
+        if any(run.startswith("gan-") for _, run in self.runs()) and size & (size - 1):
+            errors.append(f"data.image_size_px: the GAN runs need a power of two (8, 16, 32, ... 256), got {size}")
+        if not self.runs():
+            errors.append("scenarios: no scenario has runs; give e.g. scenarios.label.runs: [diffusion-finetune]")
+        errors += tune_space_errors(self.tune)
         if self.tune.tasks > len(self.data.tasks):
             errors.append(f"tune.tasks: ({self.tune.tasks}) must be <= the {len(self.data.tasks)} tasks of data.tasks")
         if errors:  # one message, every bad key path on its own line (see _format)
             raise ValueError("\n  ".join(errors))
         return self
 
+    def num_tasks_of(self, scenario: str) -> int:
+        return len(self.data.tasks) if scenario == "label" else len(self.image_data.tasks)
+
+    def runs(self) -> list[tuple[str, str]]:
+        """Every (scenario, run) pair `dvc repro` trains, in params order."""
+        return [(sc, run) for sc in SCENARIOS for run in getattr(self.scenarios, sc).runs]
+
+    def task_classes(self, scenario: str, task: int) -> list[int]:
+        """Classes of task `task` (1-based); pix2pix tasks have none."""
+        if scenario == "label":
+            return list(self.data.tasks[task - 1])
+        return list(self.image_data.tasks[task - 1].classes or [])
+
     @property
-    def num_tasks(self) -> int:
+    def num_tasks(self) -> int:  # the label scenario's (what the search trains)
         return len(self.data.tasks)
 
     @property
     def num_classes(self) -> int:
         return max(c for classes in self.data.tasks for c in classes) + 1
+
+
+SCENARIOS = ("label", "image")
+TASKS_KEY = {"label": "data.tasks", "image": "image_data.tasks"}
 
 
 def chain_for(num_tasks: int) -> list[dict[str, int]]:

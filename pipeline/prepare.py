@@ -1,8 +1,11 @@
-"""Stage `prepare`: the dataset, split into tasks by class, as byte-reproducible WebDataset shards.
+"""Stages `prepare` and `prepare_image`: each scenario's tasks as byte-reproducible WebDataset shards.
 
-Writes data/shards/task-<k>/{train,test}-NNNNNN.tar and data/shards/manifest.json (counts per class,
-shard digests). Same params -> same bytes, so DVC does not retrain anything when nothing changed,
-and changing task k's classes re-runs only task k and later.
+    python -m pipeline.prepare                     # label scenario: data/shards (images + class)
+    python -m pipeline.prepare --scenario image    # image scenario: data/shards-image (A, B, class)
+
+Writes <shards>/task-<k>/{train,test}-NNNNNN.tar and <shards>/manifest.json (counts, shard digests).
+Same params -> same bytes, so DVC does not retrain anything when nothing changed, and changing task
+k re-runs only task k and later.
 """
 
 from __future__ import annotations
@@ -23,10 +26,52 @@ def _cap_per_class(images: np.ndarray, labels: np.ndarray, cap: int | None) -> t
     return images[keep], labels[keep]
 
 
+def _first(n: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    return arrays if n is None else tuple(a[:n] for a in arrays)
+
+
+def prepare_image(params) -> dict:
+    """Each image task's (A, B, label) pairs: derived from data.dataset, or read from a pix2pix folder."""
+    from lifelong.data import derive_pairs, load_pix2pix_folder, load_split, write_paired_shards
+
+    d, im = params.data, params.image_data
+    source: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    tasks = []
+    for k, spec in enumerate(im.tasks, start=1):
+        per_split = {}
+        for split, cap in (("train", im.train_per_task), ("test", im.test_per_task)):
+            if spec.root is not None:  # pix2pix folder: no classes, every pair is labelled -1
+                a, b = load_pix2pix_folder(spec.root, split, image_size_px=d.image_size_px, direction=spec.direction)
+                labels = np.full(len(a), -1, dtype=np.int64)
+            else:
+                if split not in source:
+                    source[split] = load_split(d.dataset, split, root=d.root, download=d.download,
+                                               image_size_px=d.image_size_px)
+                a, b, labels = derive_pairs(*source[split], spec.classes, spec.condition)
+                if len(a) == 0:
+                    raise SystemExit(f"image_data.tasks[{k - 1}] ({spec.name}): classes {spec.classes} have no "
+                                     f"images in the {split} split of {d.dataset}")
+            per_split[split] = _first(cap, a, b, labels)
+        tasks.append(per_split)
+    manifest = write_paired_shards(layout().paired_shards, tasks, samples_per_shard=im.samples_per_shard,
+                                   names=[t.name for t in im.tasks])
+    print(f"[prepare] image scenario: {len(tasks)} tasks "
+          f"({', '.join(t.name for t in im.tasks)}), digest {manifest['digest'][:12]}", flush=True)
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     from lifelong.data import load_split, write_dataset_shards
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", choices=["label", "image"], default="label")
+    args = ap.parse_args(argv)
     params = load_params()
+    if args.scenario == "image":
+        prepare_image(params)
+        return 0
     d = params.data
     splits = {}
     for split, cap in (("train", d.train_per_class), ("test", d.test_per_class)):

@@ -20,8 +20,8 @@ MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 
 
-def model_name(params: Params, method: str) -> str:
-    return f"{params.experiment}-{method}"
+def model_name(params: Params, scenario: str, run: str) -> str:
+    return f"{params.experiment}-{scenario}-{run}"
 
 
 def setup_mlflow(params: Params, lay: Layout) -> str:

@@ -1,7 +1,9 @@
 """Stage `report`: results/metrics.json (DVC metrics), plots (DVC plots, also logged to MLflow), report.md.
 
-metrics.json holds, per method, exactly: fid_final_mean, kid_final_mean, acc_final_mean,
-forgetting_fid_mean, bwt_fid, train_seconds, params, matrix {fid, kid, acc}.
+metrics.json is nested by scenario, then run (<family>-<method>), and holds for each exactly:
+fid_final_mean, kid_final_mean, acc_final_mean, forgetting_fid_mean, bwt_fid, train_seconds, params,
+params_standalone, matrix {fid, kid, acc}; the image scenario adds l1_final_mean, forgetting_l1_mean
+and matrix.l1.
 """
 
 from __future__ import annotations
@@ -15,14 +17,19 @@ from pipeline.params import load_params
 from pipeline.registry import setup_mlflow
 
 METRIC_KEYS = ("fid_final_mean", "kid_final_mean", "acc_final_mean", "forgetting_fid_mean", "bwt_fid",
-               "train_seconds", "params", "matrix")
+               "train_seconds", "params", "params_standalone", "matrix")
+IMAGE_METRIC_KEYS = METRIC_KEYS + ("l1_final_mean", "forgetting_l1_mean")
+SCALARS = [k for k in IMAGE_METRIC_KEYS if k != "matrix"]
 
 
-def build_metrics(results: dict[str, dict]) -> dict:
-    return {method: {key: r[key] for key in METRIC_KEYS} for method, r in results.items()}
+def build_metrics(results: dict[str, dict[str, dict]]) -> dict:
+    """{scenario: {run: evaluation}} -> the same nesting with exactly the reported keys."""
+    return {scenario: {run: {key: r[key] for key in (IMAGE_METRIC_KEYS if scenario == "image" else METRIC_KEYS)}
+                       for run, r in runs.items()}
+            for scenario, runs in results.items()}
 
 
-def plot_all(metrics: dict, samples: dict[str, dict], out_dir) -> list:
+def plot_all(nested: dict, samples: dict[str, dict], out_dir) -> list:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,6 +37,7 @@ def plot_all(metrics: dict, samples: dict[str, dict], out_dir) -> list:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    metrics = {f"{sc}-{run}": m for sc, runs in nested.items() for run, m in runs.items()}
     for method, m in metrics.items():  # forgetting heatmap: FID of task j (columns) after task i (rows)
         fid = np.array([[np.nan if v is None else v for v in row] for row in m["matrix"]["fid"]])
         fig, ax = plt.subplots(figsize=(4, 3.4))
@@ -46,51 +54,68 @@ def plot_all(metrics: dict, samples: dict[str, dict], out_dir) -> list:
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))  # mean FID over seen tasks / FID of task 1, after each task
-    for method, m in metrics.items():
-        fid = m["matrix"]["fid"]
-        steps = range(1, len(fid) + 1)
-        axes[0].plot(steps, [np.mean([v for v in row if v is not None]) for row in fid], marker="o", label=method)
-        axes[1].plot(steps, [row[0] for row in fid], marker="o", label=method)
-    axes[0].set(title="mean FID over seen tasks", xlabel="after task", ylabel="FID")
-    axes[1].set(title="FID of task 1 (forgetting)", xlabel="after task", ylabel="FID")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out_dir / "fid-after-each-task.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    for scenario, runs in nested.items():  # mean FID over seen tasks / FID of task 1, after each task
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        for run, m in runs.items():
+            fid = m["matrix"]["fid"]
+            steps = range(1, len(fid) + 1)
+            axes[0].plot(steps, [np.mean([v for v in row if v is not None]) for row in fid], marker="o", label=run)
+            axes[1].plot(steps, [row[0] for row in fid], marker="o", label=run)
+        axes[0].set(title=f"{scenario}: mean FID over seen tasks", xlabel="after task", ylabel="FID")
+        axes[1].set(title=f"{scenario}: FID of task 1 (forgetting)", xlabel="after task", ylabel="FID")
+        axes[0].legend(fontsize=6)
+        fig.tight_layout()
+        written.append(out_dir / f"fid-after-each-task-{scenario}.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
 
-    for method, per_class in samples.items():  # one row per class, final model
+    for method, per_class in samples.items():  # final model; label: one row per class, image: A | gen | B
         if not per_class:
             continue
-        rows = [np.concatenate(list(v), axis=1) for _, v in sorted(per_class.items(), key=lambda kv: int(kv[0].split("_")[1]))]
+        rows = [_sample_row(v) for _, v in sorted(per_class.items(), key=lambda kv: int(kv[0].split("_")[1]))]
         width = max(r.shape[1] for r in rows)
         grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]))) for r in rows], axis=0)
         fig, ax = plt.subplots(figsize=(width / 24, grid.shape[0] / 24 + 0.4))
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
         ax.set_axis_off()
-        ax.set_title(f"{method}: samples after the last task (row = class)", fontsize=7)
+        what = "rows per task: A, generated, B" if method.startswith("image-") else "row = class"
+        ax.set_title(f"{method}: samples after the last task ({what})", fontsize=7)
         written.append(out_dir / f"samples-{method}.png")
         fig.savefig(written[-1], dpi=100, bbox_inches="tight")
         plt.close(fig)
     return written
 
 
-def report_markdown(metrics: dict, feature_extractor: str) -> str:
+def _sample_row(v: np.ndarray) -> np.ndarray:
+    """(n, H, W) -> one strip (H, n*W); (3, n, H, W) image-scenario triple -> three strips stacked."""
+    if v.ndim == 4:
+        return np.concatenate([np.concatenate(list(part), axis=1) for part in v], axis=0)
+    return np.concatenate(list(v), axis=1)
+
+
+def report_markdown(nested: dict, feature_extractor: str) -> str:
     lines = [
         "# Continual learning report",
         "",
         f"FID/KID features: `{feature_extractor}`. FID/KID: lower is better; accuracy: the classifier's on generated samples.",
         "Forgetting = final FID minus best earlier FID, mean over tasks 1..T-1 (higher = more forgetting).",
         "",
-        "| method | FID final (mean) | KID final (mean) | acc final (mean) | forgetting FID | BWT FID | train s | params |",
-        "|---|---|---|---|---|---|---|---|",
+        "Params: what serving every task takes after the last one (generator only for GANs); standalone:",
+        "one separate model per task, for comparison (Piggyback GAN's claim: on par at fewer parameters).",
     ]
     fmt = lambda v, p=2: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
-    for method, m in metrics.items():
-        lines.append(f"| {method} | {fmt(m['fid_final_mean'])} | {fmt(m['kid_final_mean'], 4)} | "
-                     f"{fmt(m['acc_final_mean'], 3)} | {fmt(m['forgetting_fid_mean'])} | {fmt(m['bwt_fid'])} | "
-                     f"{m['train_seconds']:.0f} | {m['params']:,} |")
+    for scenario, runs in nested.items():
+        image = scenario == "image"
+        lines += ["", f"## Scenario `{scenario}`" + (" (image-conditioned: A -> B)" if image else
+                                                    " (label-conditioned, class-incremental)"), "",
+                  "| run | FID final (mean) | KID final (mean) | acc final (mean) | forgetting FID | BWT FID |"
+                  + (" L1 final | forgetting L1 |" if image else "") + " train s | params | params standalone |",
+                  "|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|"]
+        for run, m in runs.items():
+            lines.append(f"| {run} | {fmt(m['fid_final_mean'])} | {fmt(m['kid_final_mean'], 4)} | "
+                         f"{fmt(m['acc_final_mean'], 3)} | {fmt(m['forgetting_fid_mean'])} | {fmt(m['bwt_fid'])} | "
+                         + (f"{fmt(m['l1_final_mean'], 4)} | {fmt(m['forgetting_l1_mean'], 4)} | " if image else "")
+                         + f"{m['train_seconds']:.0f} | {m['params']:,} | {m['params_standalone']:,} |")
     lines += ["", "Plots: `results/plots/` (`dvc plots show`), also logged to MLflow run `report`.", ""]
     return "\n".join(lines)
 
@@ -100,17 +125,19 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params()
     lay = layout()
-    results = {m: read_json(lay.eval_result(m), what=f"evaluation of {m}", fix=f"run `dvc repro evaluate@{m}`")
-               for m in params.methods}
-    metrics = build_metrics(results)
-    write_json(lay.metrics, metrics)
+    results: dict[str, dict[str, dict]] = {}
     samples = {}
-    for m in params.methods:
-        npz = lay.eval_result(m).with_name(f"{m}-samples.npz")
+    for scenario, run in params.runs():
+        results.setdefault(scenario, {})[run] = read_json(
+            lay.eval_result(scenario, run), what=f"evaluation of {scenario}/{run}",
+            fix=f"run `dvc repro evaluate_{scenario}@{run}`")
+        npz = lay.eval_samples(scenario, run)
         if npz.exists():
             with np.load(npz, allow_pickle=False) as f:
-                samples[m] = {k: f[k] for k in f.files}
-    extractor = next(iter(results.values()))["feature_extractor"]
+                samples[f"{scenario}-{run}"] = {k: f[k] for k in f.files}
+    metrics = build_metrics(results)
+    write_json(lay.metrics, metrics)
+    extractor = next(iter(next(iter(results.values())).values()))["feature_extractor"]
     written = plot_all(metrics, samples, lay.plots)
     lay.report.write_text(report_markdown(metrics, extractor))
 
@@ -120,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_artifact(str(p), artifact_path="plots")
         mlflow.log_artifact(str(lay.report))
         mlflow.log_artifact(str(lay.metrics))
-        for m, r in metrics.items():
-            mlflow.log_metrics({f"{m}/{k}": r[k] for k in METRIC_KEYS[:6] if r[k] is not None})
+        for scenario, runs in metrics.items():
+            for run, r in runs.items():
+                mlflow.log_metrics({f"{scenario}/{run}/{k}": r[k] for k in SCALARS if r.get(k) is not None})
     print(lay.report.read_text(), flush=True)
     return 0
 

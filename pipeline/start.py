@@ -1,4 +1,4 @@
-"""Stage `start@<method>`: the empty "task 0" receipt that task 1's train stage depends on.
+"""Stage `start_<scenario>@<run>`: the empty "task 0" receipt that task 1's train stage depends on.
 
 DVC chains stages through files; task 1 has no predecessor model, so its predecessor is this file.
 """
@@ -6,7 +6,6 @@ DVC chains stages through files; task 1 has no predecessor model, so its predece
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pipeline.layout import run_stage, layout, write_json
 from pipeline.params import load_params
@@ -14,12 +13,15 @@ from pipeline.params import load_params
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", required=True)
+    ap.add_argument("--scenario", required=True, choices=["label", "image"])
+    ap.add_argument("--run", required=True, help="<family>-<method>, e.g. gan-lifelong_gan")
     args = ap.parse_args(argv)
     params = load_params()  # validates params.yaml before any stage does real work
-    if args.method not in params.methods:
-        raise SystemExit(f"--method {args.method!r} is not in params.yaml methods {params.methods}")
-    write_json(layout().receipt(args.method, 0), {"method": args.method, "task": 0, "version": None})
+    runs = getattr(params.scenarios, args.scenario).runs
+    if args.run not in runs:
+        raise SystemExit(f"--run {args.run!r} is not in params.yaml scenarios.{args.scenario}.runs {runs}")
+    write_json(layout().receipt(args.scenario, args.run, 0),
+               {"scenario": args.scenario, "run": args.run, "task": 0, "version": None})
     return 0
 
 

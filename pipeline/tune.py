@@ -155,14 +155,14 @@ def trial(config: dict, ctx: dict) -> None:
 def trial_context(params: Params, lay: Layout, trial_root: Path, train_storage: Path) -> dict:
     """Everything a trial needs, as plain data with absolute paths (Ray actors change directory)."""
     from lifelong.data import task_shard_paths, verify_shards
-    from lifelong.methods import METHODS
+    from lifelong.methods import method_class
     from pipeline.train import model_config
 
     tp = params.tune
     T = tp.tasks
     for t in range(1, T + 1):
         verify_shards(lay.shards, task=t)
-    all_seen = METHODS[tp.method].uses_all_seen_data
+    all_seen = method_class("diffusion", tp.method).uses_all_seen_data
     train_shards = [[str(p) for t in (range(1, k + 1) if all_seen else [k])
                      for p in task_shard_paths(lay.shards, t, "train")] for k in range(1, T + 1)]
     return {

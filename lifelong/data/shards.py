@@ -1,6 +1,6 @@
 """Per-task WebDataset shards, byte-reproducible, with a manifest.
 
-Layout written by ``write_dataset_shards(out_dir, ...)``::
+Layout written by ``write_dataset_shards(out_dir, ...)`` and ``write_paired_shards(out_dir, ...)``::
 
     out_dir/manifest.json
     out_dir/task-1/train-000000.tar, train-000001.tar, ..., test-000000.tar
@@ -11,7 +11,8 @@ Why it is built this way:
   ``prepare`` would invalidate all downstream training. So members get ``mtime=0``, samples are
   written in original-index order, and nothing time- or host-dependent goes in. (PNG bytes come from
   PIL/zlib: same library versions, same bytes.)
-- Only ``png`` and ``cls`` members: WebDataset unpickles ``.pyd``/``.pth`` members on read.
+- Only ``png`` and ``cls`` members (plus ``cond.png``, the condition image, in the image-to-image
+  shards of ``write_paired_shards``): WebDataset unpickles ``.pyd``/``.pth`` members on read.
 - The whole ``out_dir`` is built in a hidden sibling folder and renamed into place at the end, so a
   crash mid-write leaves the previous shard set and manifest untouched.
 - Within a task, shards get near-equal sample counts (``np.array_split``), so a reader that picks
@@ -27,6 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import webdataset as wds
@@ -53,12 +55,8 @@ def write_dataset_shards(
     ``tasks[k-1]`` lists the classes of task k. Returns the manifest that was written.
     """
     _validate(splits, tasks, samples_per_shard)
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
 
-    # A sibling (same file system) so the final rename is atomic; hidden so DVC/globs ignore it.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    def build(staging: Path) -> dict:
         per_task = [
             {"task": k, "classes": sorted(int(c) for c in classes), "splits": {}}
             for k, classes in enumerate(tasks, start=1)
@@ -68,23 +66,16 @@ def write_dataset_shards(
             records = _write_split(staging, images, np.asarray(labels), tasks, split, samples_per_shard)
             for entry, record in zip(per_task, records):
                 entry["splits"][split] = record
-
-        image_size_px = int(next(iter(splits.values()))[0].shape[1])
-        manifest = {
+        return {
             "format_version": MANIFEST_FORMAT_VERSION,
-            "image_size_px": image_size_px,
+            "image_size_px": int(next(iter(splits.values()))[0].shape[1]),
             "num_classes": int(max(int(np.max(labels)) for _, labels in splits.values())) + 1,
             "samples_per_shard": samples_per_shard,
             "tasks": [[int(c) for c in classes] for classes in tasks],
             "per_task": per_task,
         }
-        manifest["digest"] = _data_digest(manifest)
-        (staging / MANIFEST_NAME).write_text(_dump_json(manifest))
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest
+
+    return _write_atomically(out_dir, build)
 
 
 def write_task_shards(
@@ -104,6 +95,58 @@ def write_task_shards(
     return write_dataset_shards(
         out_dir, splits={split: (images, labels)}, tasks=tasks, samples_per_shard=samples_per_shard
     )
+
+
+def write_paired_shards(
+    out_dir: str | os.PathLike,
+    tasks: list[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    samples_per_shard: int = 2000,
+    *,
+    names: list[str] | None = None,
+) -> dict:
+    """Write image-to-image shards (condition A -> target B) plus ``manifest.json``, atomically.
+
+    ``tasks[k-1]`` maps a split name ("train", "test") to task k's (a, b, labels): uint8 (N, H, W)
+    conditions, uint8 (N, H, W) targets, int labels (N,). Every task needs the same split names.
+    Each sample holds ``cond.png`` (A), ``png`` (B) and ``cls``, so ``read_all`` reads the targets
+    and ``read_all_pairs``/``train_pair_batches`` read both. Labels may be negative: data without
+    classes (pix2pix folders) is labelled -1 throughout (then ``num_classes`` is 0).
+
+    Same layout, guarantees and manifest fields as ``write_dataset_shards`` (``read_manifest``,
+    ``verify_shards``, ``task_shard_paths`` work unchanged), plus ``"kind": "paired"``; a task's
+    ``classes`` are the labels it holds. ``names`` (optional, one per task) are stored as each
+    task's ``name``. Returns the manifest that was written.
+    """
+    _validate_paired(tasks, samples_per_shard, names)
+
+    def build(staging: Path) -> dict:
+        per_task = []
+        for k, task in enumerate(tasks, start=1):
+            classes = sorted({int(c) for _, _, labels in task.values() for c in np.unique(labels)})
+            entry = {"task": k, "classes": classes, "splits": {}}
+            if names is not None:
+                entry["name"] = names[k - 1]
+            for split in sorted(task):
+                a, b, labels = task[split]
+                labels = np.asarray(labels)
+                shards = _write_shards(
+                    staging, k, split, np.arange(len(labels)), samples_per_shard,
+                    lambda i: {"__key__": f"{k:02d}-{i:07d}", "cond.png": a[i], "png": b[i], "cls": int(labels[i])},
+                )
+                entry["splits"][split] = _split_record(labels, sorted(int(c) for c in np.unique(labels)), shards)
+            per_task.append(entry)
+        all_labels = [int(np.max(labels)) for task in tasks for _, _, labels in task.values()]
+        return {
+            "format_version": MANIFEST_FORMAT_VERSION,
+            "kind": "paired",
+            "image_size_px": int(next(iter(tasks[0].values()))[1].shape[1]),
+            "num_classes": max(0, max(all_labels) + 1),  # 0 when every label is negative
+            "samples_per_shard": samples_per_shard,
+            "tasks": [entry["classes"] for entry in per_task],
+            "per_task": per_task,
+        }
+
+    return _write_atomically(out_dir, build)
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict:
@@ -163,15 +206,56 @@ def _validate(splits: dict, tasks: list[list[int]], samples_per_shard: int) -> N
         raise ValueError("splits is empty: pass e.g. {'train': (images, labels), 'test': (images, labels)}")
     if not tasks or any(len(classes) == 0 for classes in tasks):
         raise ValueError(f"tasks must be a non-empty list of non-empty class lists, got {tasks!r}")
-    if samples_per_shard < 1:
-        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    _check_samples_per_shard(samples_per_shard)
     sizes = set()
     for split, (images, labels) in splits.items():
-        if images.dtype != np.uint8 or images.ndim != 3:
-            raise ValueError(f"{split}: images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
-        if len(images) != len(labels):
-            raise ValueError(f"{split}: {len(images)} images but {len(labels)} labels")
+        _check_images(split, images, len(labels))
         sizes.add(images.shape[1:])
+    _check_one_square_size(sizes)
+
+
+def _validate_paired(tasks: list[dict], samples_per_shard: int, names: list[str] | None) -> None:
+    if not tasks or not all(isinstance(task, dict) and task for task in tasks):
+        raise ValueError("tasks must be a non-empty list of {split: (a, b, labels)} dicts, one per task")
+    if names is not None and len(names) != len(tasks):
+        raise ValueError(f"got {len(names)} names for {len(tasks)} tasks")
+    _check_samples_per_shard(samples_per_shard)
+    split_names = sorted(tasks[0])
+    sizes = set()
+    for k, task in enumerate(tasks, start=1):
+        if sorted(task) != split_names:
+            # A task without e.g. a test split would only fail later, in evaluation.
+            raise ValueError(f"task {k} has splits {sorted(task)}, task 1 has {split_names}; all need the same")
+        for split, arrays in task.items():
+            if len(arrays) != 3:
+                raise ValueError(f"task {k} {split}: expected (a, b, labels), got {len(arrays)} items")
+            a, b, labels = arrays
+            for name, images in (("a", a), ("b", b)):
+                _check_images(f"task {k} {split} {name}", images, len(labels))
+            if a.shape != b.shape:
+                raise ValueError(f"task {k} {split}: a is {a.shape} but b is {b.shape}")
+            if len(labels) == 0:
+                # An empty shard list would make training readers loop forever or hang DDP.
+                raise ValueError(f"task {k} has no samples in split {split!r}")
+            if not np.issubdtype(np.asarray(labels).dtype, np.integer):
+                raise ValueError(f"task {k} {split}: labels must be integers, got {np.asarray(labels).dtype}")
+            sizes.add(a.shape[1:])
+    _check_one_square_size(sizes)
+
+
+def _check_samples_per_shard(samples_per_shard: int) -> None:
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+
+
+def _check_images(where: str, images: np.ndarray, num_labels: int) -> None:
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"{where}: images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+    if len(images) != num_labels:
+        raise ValueError(f"{where}: {len(images)} images but {num_labels} labels")
+
+
+def _check_one_square_size(sizes: set[tuple[int, ...]]) -> None:
     if len(sizes) != 1:
         raise ValueError(f"splits have different image sizes {sorted(sizes)}; set data.image_size_px")
     height, width = sizes.pop()
@@ -190,26 +274,57 @@ def _write_split(
         if len(indices) == 0:
             # An empty shard list would make training readers loop forever or hang DDP.
             raise ValueError(f"task {k} (classes {classes}) has no samples in split {split!r}")
-        task_dir = staging / f"task-{k}"
-        task_dir.mkdir(exist_ok=True)
-
-        shards = []
-        num_shards = math.ceil(len(indices) / samples_per_shard)
-        for j, chunk in enumerate(np.array_split(indices, num_shards)):
-            path = task_dir / f"{split}-{j:06d}.tar"
-            # Looked up at call time (not imported by name) so tests can inject a failing writer.
-            with wds.TarWriter(str(path), mtime=0) as sink:
-                for i in chunk:
-                    sink.write({"__key__": f"{k:02d}-{i:07d}", "png": images[i], "cls": int(labels[i])})
-            shards.append({"name": f"task-{k}/{path.name}", "sha256": _sha256(path), "num_samples": len(chunk)})
-
-        task_labels = labels[indices]
-        records.append({
-            "class_counts": {str(int(c)): int(np.sum(task_labels == c)) for c in sorted(classes)},
-            "num_samples": len(indices),
-            "shards": shards,
-        })
+        shards = _write_shards(
+            staging, k, split, indices, samples_per_shard,
+            lambda i: {"__key__": f"{k:02d}-{i:07d}", "png": images[i], "cls": int(labels[i])},
+        )
+        records.append(_split_record(labels[indices], sorted(classes), shards))
     return records
+
+
+def _write_shards(
+    staging: Path, k: int, split: str, indices: np.ndarray, samples_per_shard: int, make_sample: Callable[[int], dict]
+) -> list[dict]:
+    """Write task ``k``'s samples ``make_sample(i)`` for ``i`` in ``indices`` (in that order) into
+    near-equal shards ``task-<k>/<split>-NNNNNN.tar``; return their manifest entries."""
+    task_dir = staging / f"task-{k}"
+    task_dir.mkdir(exist_ok=True)
+    shards = []
+    num_shards = math.ceil(len(indices) / samples_per_shard)
+    for j, chunk in enumerate(np.array_split(indices, num_shards)):
+        path = task_dir / f"{split}-{j:06d}.tar"
+        # Looked up at call time (not imported by name) so tests can inject a failing writer.
+        with wds.TarWriter(str(path), mtime=0) as sink:
+            for i in chunk:
+                sink.write(make_sample(int(i)))
+        shards.append({"name": f"task-{k}/{path.name}", "sha256": _sha256(path), "num_samples": len(chunk)})
+    return shards
+
+
+def _split_record(task_labels: np.ndarray, classes: list[int], shards: list[dict]) -> dict:
+    return {
+        "class_counts": {str(int(c)): int(np.sum(task_labels == c)) for c in classes},
+        "num_samples": len(task_labels),
+        "shards": shards,
+    }
+
+
+def _write_atomically(out_dir: str | os.PathLike, build: Callable[[Path], dict]) -> dict:
+    """Run ``build(staging) -> manifest`` in a hidden sibling of ``out_dir``, add the data digest,
+    write ``manifest.json`` and swap the folder into place; on any error remove the staging folder."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling (same file system) so the final rename is atomic; hidden so DVC/globs ignore it.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        manifest = build(staging)
+        manifest["digest"] = _data_digest(manifest)
+        (staging / MANIFEST_NAME).write_text(_dump_json(manifest))
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
 
 
 def _data_digest(manifest: dict) -> str:

@@ -73,7 +73,7 @@ def _resolve_extractor(feature_extractor: str, classifier_path: str) -> str:
 
 def quality(
     generated: np.ndarray,
-    generated_labels: np.ndarray,
+    generated_labels: np.ndarray | None,
     real: np.ndarray,
     *,
     classifier_path: str,
@@ -83,8 +83,8 @@ def quality(
 ) -> dict:
     """FID and KID of `generated` vs `real`, and the classifier's accuracy on `generated`.
 
-    generated: uint8 (N, H, W); generated_labels: (N,) the classes they were conditioned on;
-    real: uint8 (M, H, W). KID subsets are clamped to min(kid_subset_size, N, M).
+    generated: uint8 (N, H, W); generated_labels: (N,) the classes they were conditioned on (None:
+    the data has no classes, e.g. pix2pix pairs; acc is then None); real: uint8 (M, H, W). KID subsets are clamped to min(kid_subset_size, N, M).
     Returns {"fid", "kid" (mean over subsets), "acc", "feature_extractor"}.
     """
     generated = _check_images("generated", generated)
@@ -97,7 +97,7 @@ def quality(
     use_cuda = device.startswith("cuda")
     if use_cuda:
         classifier.to(device)
-    acc = accuracy(classifier, generated, generated_labels)
+    acc = None if generated_labels is None else accuracy(classifier, generated, generated_labels)
 
     import torch_fidelity
 

@@ -20,3 +20,32 @@ def generate_per_class(model, classes: list[int], *, per_class: int, cfg: Diffus
         x = ddim_sample(model, chunk.to(device), cfg=cfg, num_steps=steps, generator=gen)
         images.append(to_uint8(x).cpu()[:, 0])  # (B, 1, H, W) -> (B, H, W): our images are grayscale
     return torch.cat(images).numpy(), labels.numpy()
+
+
+def _gan_batches(nets, n: int, batch_size: int, seed: int, device, make_batch):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    for start in range(0, n, batch_size):
+        kwargs = make_batch(start, min(n, start + batch_size))
+        size = next(iter(kwargs.values())).shape[0]
+        z = torch.randn(size, nets.cfg.z_dim, generator=gen).to(device)  # same z for every model: comparable
+        out.append(to_uint8(nets.sample(z=z, **{k: v.to(device) for k, v in kwargs.items()})).cpu()[:, 0])
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def gan_generate_per_class(nets, classes: list[int], *, per_class: int, seed: int, batch_size: int = 500,
+                           device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Label-conditioned GAN: G(z, y) for `per_class` random z per class: uint8 (N, H, W) and labels (N,)."""
+    labels = torch.tensor(np.repeat(classes, per_class), dtype=torch.long)
+    images = _gan_batches(nets.eval(), len(labels), batch_size, seed, device,
+                          lambda i, j: {"y": labels[i:j]})
+    return images, labels.numpy()
+
+
+@torch.no_grad()
+def gan_translate(nets, conditions: np.ndarray, *, seed: int, batch_size: int = 500,
+                  device: torch.device | str = "cpu") -> np.ndarray:
+    """Image-conditioned GAN: G(A, z), one random z per condition image A (uint8 (N, H, W)) -> uint8 (N, H, W)."""
+    a = torch.from_numpy(conditions).unsqueeze(1).float() / 127.5 - 1.0  # (N, 1, H, W) in [-1, 1]
+    return _gan_batches(nets.eval(), len(a), batch_size, seed, device, lambda i, j: {"a": a[i:j]})

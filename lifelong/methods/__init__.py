@@ -1,4 +1,9 @@
-"""Continual-learning methods: one class per method, one explicit registry."""
+"""Continual-learning methods: one class per method, one explicit registry per model family.
+
+A method's family is the kind of generative model it trains: "diffusion" (class-conditional DDPM)
+or "gan" (label-conditioned DCGAN or image-conditioned BicycleGAN). Baselines exist in both
+families under the same name (fine-tuning a GAN is not fine-tuning a diffusion model: other loss).
+"""
 
 from __future__ import annotations
 
@@ -6,34 +11,71 @@ from typing import Any
 
 from lifelong.methods.base import Method, TaskInfo
 from lifelong.methods.finetune import FineTune
+from lifelong.methods.gan import GANFineTune, GANJoint, GANMethod, GANStandalone
 from lifelong.methods.generative_distillation import GenerativeDistillation
 from lifelong.methods.generative_replay import GenerativeReplay
 from lifelong.methods.joint import Joint
-from lifelong.models.diffusion import DiffusionConfig
+from lifelong.methods.lifelong_gan import LifelongGAN
+from lifelong.methods.piggyback_gan import PiggybackGAN
 
-METHODS: dict[str, type[Method]] = {
-    "finetune": FineTune,
-    "joint": Joint,
-    "generative_replay": GenerativeReplay,
-    "generative_distillation": GenerativeDistillation,
+METHODS: dict[str, dict[str, type]] = {
+    "diffusion": {
+        "finetune": FineTune,
+        "joint": Joint,
+        "generative_replay": GenerativeReplay,
+        "generative_distillation": GenerativeDistillation,
+    },
+    "gan": {
+        "finetune": GANFineTune,
+        "joint": GANJoint,
+        "standalone": GANStandalone,
+        "lifelong_gan": LifelongGAN,
+        "piggyback_gan": PiggybackGAN,
+    },
 }
 
 
-def make_method(name: str, cfg: DiffusionConfig, **kwargs: Any) -> Method:
+def family_of(cfg: Any) -> str:
+    """The family a model config belongs to (DiffusionConfig -> diffusion, GANConfig -> gan)."""
+    from lifelong.models.diffusion import DiffusionConfig
+    from lifelong.models.gan import GANConfig
+
+    if isinstance(cfg, DiffusionConfig):
+        return "diffusion"
+    if isinstance(cfg, GANConfig):
+        return "gan"
+    raise TypeError(f"no method family for a {type(cfg).__name__}; expected DiffusionConfig or GANConfig")
+
+
+def method_class(family: str, name: str) -> type:
+    if family not in METHODS:
+        raise ValueError(f"unknown model family {family!r}; valid: {', '.join(METHODS)}")
     try:
-        cls = METHODS[name]
+        return METHODS[family][name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid names: {', '.join(sorted(METHODS))}") from None
-    return cls(cfg, **kwargs)
+        raise ValueError(f"unknown {family} method {name!r}; valid names: {', '.join(sorted(METHODS[family]))}") from None
+
+
+def make_method(name: str, cfg: Any, **kwargs: Any):
+    """The method `name` of cfg's family (a DiffusionConfig or a GANConfig), built with kwargs."""
+    return method_class(family_of(cfg), name)(cfg, **kwargs)
 
 
 __all__ = [
     "METHODS",
     "FineTune",
+    "GANFineTune",
+    "GANJoint",
+    "GANMethod",
+    "GANStandalone",
     "GenerativeDistillation",
     "GenerativeReplay",
     "Joint",
+    "LifelongGAN",
     "Method",
+    "PiggybackGAN",
     "TaskInfo",
+    "family_of",
     "make_method",
+    "method_class",
 ]

@@ -20,10 +20,15 @@ def tiny_params(**overrides) -> dict:
     with open(REPO / "params.yaml") as f:
         p = yaml.safe_load(f)
     p["experiment"] = "it"
-    p["methods"] = ["finetune", "generative_distillation"]
-    p["task_chain"] = [{"task": 1, "prev": 0}, {"task": 2, "prev": 1}]
+    chain = [{"task": 1, "prev": 0}, {"task": 2, "prev": 1}]
+    p["scenarios"] = {"label": {"runs": ["diffusion-finetune", "diffusion-generative_distillation"], "task_chain": chain},
+                      "image": {"runs": [], "task_chain": chain}}
     p["data"].update(dataset="digits", image_size_px=8, tasks=[[0, 1], [2, 3]], train_per_class=40,
                      test_per_class=20, samples_per_shard=30)
+    p["image_data"].update(train_per_task=40, test_per_task=16, samples_per_shard=30,
+                           tasks=[{"name": "edges2zeros", "condition": "edges", "classes": [0]},
+                                  {"name": "silhouette2ones", "condition": "silhouette", "classes": [1]}])
+    p["gan"].update(width=8, steps_per_task=6, batch_size=8)
     p["model"].update(block_out_channels=[8, 16])
     p["train"].update(steps_per_task=6, batch_size=8, checkpoint_every_steps=2, log_every_steps=2)
     p["eval"].update(samples_per_class=8, ddim_steps=2, kid_subset_size=8, batch_size=64)

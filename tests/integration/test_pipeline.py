@@ -18,7 +18,7 @@ from tests.integration.conftest import BIN, run, tiny_params
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 METRIC_KEYS = {"fid_final_mean", "kid_final_mean", "acc_final_mean", "forgetting_fid_mean", "bwt_fid",
-               "train_seconds", "params", "matrix"}
+               "train_seconds", "params", "params_standalone", "matrix"}
 
 
 def _client(repo):
@@ -34,17 +34,17 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone):
 
     # The chain: task 2 loaded exactly the version task 1 registered.
     client = _client(repo)
-    for method in ("finetune", "generative_distillation"):
-        name = f"it-{method}"
-        r1 = json.loads((repo / f"results/receipts/{method}/task-1.json").read_text())
-        r2 = json.loads((repo / f"results/receipts/{method}/task-2.json").read_text())
+    for method in ("diffusion-finetune", "diffusion-generative_distillation"):
+        name = f"it-label-{method}"
+        r1 = json.loads((repo / f"results/receipts/label/{method}/task-1.json").read_text())
+        r2 = json.loads((repo / f"results/receipts/label/{method}/task-2.json").read_text())
         v1 = client.get_model_version_by_alias(name, "task-1")
         v2 = client.get_model_version_by_alias(name, "task-2")
         assert (str(v1.version), str(v2.version)) == (r1["version"], r2["version"])
         assert v1.tags["parent_version"] == "" and v2.tags["parent_version"] == str(v1.version)
         for v in (v1, v2):
             assert set(v.tags) >= {"parent_version", "data_digest", "git_commit", "dvc_stage"}
-            assert len(v.tags["git_commit"]) == 40 and v.tags["dvc_stage"].startswith(f"train@{method}-task")
+            assert len(v.tags["git_commit"]) == 40 and v.tags["dvc_stage"].startswith(f"train_label@{method}-task")
         run2 = client.get_run(r2["run_id"])
         assert [m.model_id for m in run2.inputs.model_inputs] == [r1["model_id"]]
         assert run2.data.params["train.num_workers"] == "2"
@@ -54,8 +54,9 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone):
 
     # metrics.json: exactly the documented keys, a lower-triangular matrix per metric.
     metrics = json.loads((repo / "results/metrics.json").read_text())
-    assert set(metrics) == {"finetune", "generative_distillation"}
-    for m in metrics.values():
+    assert set(metrics) == {"label"}  # nested by scenario, then run
+    assert set(metrics["label"]) == {"diffusion-finetune", "diffusion-generative_distillation"}
+    for m in metrics["label"].values():
         assert set(m) == METRIC_KEYS
         for key in ("fid", "kid", "acc"):
             mat = m["matrix"][key]
@@ -64,11 +65,11 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone):
     assert any(p.suffix == ".png" for p in (repo / "results/plots").iterdir())
 
     # Nothing changed: nothing runs, no new model versions.
-    versions = len(client.search_model_versions("name='it-finetune'"))
+    versions = len(client.search_model_versions("name='it-label-diffusion-finetune'"))
     again = run([str(BIN / "dvc"), "repro"], repo)
     assert "didn't change" in again.stdout or "up to date" in again.stdout.lower(), again.stdout
     assert "Running stage" not in again.stdout
-    assert len(client.search_model_versions("name='it-finetune'")) == versions
+    assert len(client.search_model_versions("name='it-label-diffusion-finetune'")) == versions
 
     # Changing only task 2's classes re-runs task 2 and later stages, not task 1.
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -76,23 +77,24 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([str(BIN / "dvc"), "repro", "prepare"], repo)
     stale = set(json.loads(run([str(BIN / "dvc"), "status", "--json"], repo).stdout))
-    assert {"train@finetune-task1", "train@generative_distillation-task1"} <= stale, stale
-    assert not stale & {"train@finetune-task0", "train@generative_distillation-task0"}, stale
+    ft, gd = "train_label@diffusion-finetune", "train_label@diffusion-generative_distillation"
+    assert {f"{ft}-task1", f"{gd}-task1"} <= stale, stale
+    assert not stale & {f"{ft}-task0", f"{gd}-task0"}, stale
 
     # A missing registry version is one error naming the model, the version and the stage to run.
-    r1 = json.loads((repo / "results/receipts/finetune/task-1.json").read_text())
-    client.delete_model_version("it-finetune", r1["version"])
-    bad = run([str(BIN / "dvc"), "repro", "-f", "-s", "train@finetune-task1"], repo, check=False)
+    r1 = json.loads((repo / "results/receipts/label/diffusion-finetune/task-1.json").read_text())
+    client.delete_model_version("it-label-diffusion-finetune", r1["version"])
+    bad = run([str(BIN / "dvc"), "repro", "-f", "-s", f"{ft}-task1"], repo, check=False)
     assert bad.returncode != 0
-    assert f"'it-finetune' version {r1['version']}" in bad.stderr + bad.stdout
-    assert "dvc repro -f train@finetune-task0" in bad.stderr + bad.stdout
-    assert len(client.search_model_versions("name='it-finetune'")) == versions - 1  # nothing half-registered
+    assert f"'it-label-diffusion-finetune' version {r1['version']}" in bad.stderr + bad.stdout
+    assert f"dvc repro -f {ft}-task0" in bad.stderr + bad.stdout
+    # nothing half-registered
+    assert len(client.search_model_versions("name='it-label-diffusion-finetune'")) == versions - 1
 
 
 def test_interrupted_task_resumes_from_its_last_checkpoint(clone):
-    params = tiny_params(methods=["finetune"], train={"steps_per_task": 400, "checkpoint_every_steps": 5,
-                                                      "log_every_steps": 5})
-    params["task_chain"] = params["task_chain"][:1]
+    params = tiny_params(train={"steps_per_task": 400, "checkpoint_every_steps": 5, "log_every_steps": 5})
+    params["scenarios"]["label"] = {"runs": ["diffusion-finetune"], "task_chain": [{"task": 1, "prev": 0}]}
     params["data"]["tasks"] = [[0, 1]]
     if "tune" in params:
         params["tune"]["tasks"] = 1
@@ -110,15 +112,17 @@ def test_interrupted_task_resumes_from_its_last_checkpoint(clone):
     assert ckpt is not None, f"no checkpoint appeared; output:\n{proc.communicate()[0][-4000:]}"
     os.killpg(proc.pid, signal.SIGKILL)  # kill -9 the whole stage, mid-task
     proc.wait()
-    assert not (repo / "results/receipts/finetune/task-1.json").exists()
+    receipt_path = repo / "results/receipts/label/diffusion-finetune/task-1.json"
+    assert not receipt_path.exists()
     assert not (ckpt.parent / "final.pt").exists()
 
     out = run([str(BIN / "dvc"), "repro"], repo)
     assert "resuming from step-" in out.stdout, out.stdout[-3000:]
-    receipt = json.loads((repo / "results/receipts/finetune/task-1.json").read_text())
+    receipt = json.loads(receipt_path.read_text())
     client = _client(repo)
-    assert str(client.get_model_version_by_alias("it-finetune", "task-1").version) == receipt["version"]
-    assert len(client.search_model_versions("name='it-finetune'")) == 1  # trained and registered once
+    name = "it-label-diffusion-finetune"
+    assert str(client.get_model_version_by_alias(name, "task-1").version) == receipt["version"]
+    assert len(client.search_model_versions(f"name='{name}'")) == 1  # trained and registered once
     # The loss curve in MLflow covers the whole task: before and after the kill.
     steps = sorted(m.step for m in client.get_metric_history(receipt["run_id"], "train/loss"))
     assert steps[0] == 5 and steps[-1] == 400

@@ -15,6 +15,7 @@ from tests.integration.conftest import BIN, REPO, make_clone, run, tiny_params
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 METHOD = "generative_distillation"
+STAGE = f"train_label@diffusion-{METHOD}"
 # A grid in a fixed order, so the early stop is not left to chance: the first trial trains with a
 # sensible lr and sets the bar at ASHA's first rung; the later ones barely move from their
 # initialisation, fall below it and are stopped there (ties never stop a trial, distinct values do).
@@ -43,10 +44,10 @@ def test_tiny_search_asha_mlflow_and_use_tuned(tmp_path):
     (repo / "tune").mkdir()
     shutil.copy(REPO / "tune" / "dvc.yaml", repo / "tune" / "dvc.yaml")
     dvc = str(BIN / "dvc")
-    run([dvc, "repro", f"train@{METHOD}-task0"], repo)  # prepare, tuned ({}), one train stage
+    run([dvc, "repro", f"{STAGE}-task0"], repo)  # prepare, tuned ({}), one train stage
     assert json.loads((repo / "results/tune/applied.json").read_text()) == {}
     stale_before = _stale(repo)
-    assert f"train@{METHOD}-task0" not in stale_before
+    assert f"{STAGE}-task0" not in stale_before
 
     t0 = time.time()
     out = run([dvc, "repro", "tune/dvc.yaml"], repo)
@@ -81,7 +82,7 @@ def test_tiny_search_asha_mlflow_and_use_tuned(tmp_path):
     assert [m.step for m in curve] == [5, 10, 15, 20]
 
     # use_tuned false: a search never makes a train stage stale. (It did run `classifier`, its dependency.)
-    trains = lambda stages: {s for s in stages if s.startswith("train@")}  # noqa: E731
+    trains = lambda stages: {s for s in stages if s.startswith("train_")}  # noqa: E731
     assert trains(_stale(repo)) == trains(stale_before)
     assert "tune/dvc.yaml:tune" not in _stale(repo)
 
@@ -89,10 +90,10 @@ def test_tiny_search_asha_mlflow_and_use_tuned(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["use_tuned"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run([dvc, "repro", f"train@{METHOD}-task0"], repo)
+    run([dvc, "repro", f"{STAGE}-task0"], repo)
     applied = json.loads((repo / "results/tune/applied.json").read_text())
     assert applied["method"] == METHOD and applied["config"] == best["config"]
-    receipt = json.loads((repo / f"results/receipts/{METHOD}/task-1.json").read_text())
+    receipt = json.loads((repo / f"results/receipts/label/diffusion-{METHOD}/task-1.json").read_text())
     run_params = client.get_run(receipt["run_id"]).data.params
     assert run_params["tuned"] == "True"
     assert float(run_params["distill.weight"]) == pytest.approx(best["config"]["distill.weight"])

@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from pipeline.params import METHOD_NAMES, ParamsError, chain_for, load_params, parse_params
+from pipeline.params import FAMILY_METHODS, ParamsError, chain_for, load_params, parse_params
 
 
 @pytest.fixture
@@ -17,13 +17,18 @@ def raw():
 def test_repository_params_are_valid():
     p = load_params("params.yaml")
     assert p.num_tasks == 5 and p.num_classes == 10
-    assert [m for m in p.methods] == list(METHOD_NAMES)
+    assert p.num_tasks_of("image") == 4
+    runs = dict.fromkeys(sc for sc, _ in p.runs())
+    assert list(runs) == ["label", "image"]
+    # every method of both families runs by default
+    assert {run for sc, run in p.runs() if sc == "label"} == {
+        f"{family}-{m}" for family, methods in FAMILY_METHODS.items() for m in methods}
 
 
 def test_method_names_match_the_library_registry():
     from lifelong.methods import METHODS
 
-    assert set(METHOD_NAMES) == set(METHODS)
+    assert {f: set(m) for f, m in FAMILY_METHODS.items()} == {f: set(m) for f, m in METHODS.items()}
 
 
 def _error(raw) -> str:
@@ -35,7 +40,21 @@ def _error(raw) -> str:
 @pytest.mark.parametrize(
     "edit, path, words",
     [
-        (lambda r: r.update(methods=["finetune", "distilation"]), "methods", "finetune, joint"),
+        (lambda r: r["scenarios"]["label"].update(runs=["diffusion-finetune", "diffusion-distilation"]),
+         "scenarios.label.runs", "diffusion-finetune, diffusion-joint"),
+        (lambda r: r["scenarios"]["image"].update(runs=["diffusion-generative_distillation"]),
+         "scenarios.image.runs", "does not apply to the image scenario"),
+        (lambda r: r["scenarios"]["image"].update(runs=["gan-generative_replay"]),
+         "scenarios.image.runs", "gan-lifelong_gan"),
+        (lambda r: r["scenarios"]["label"].update(runs=["gan-finetune", "gan-finetune"]),
+         "scenarios.label.runs", "twice"),
+        (lambda r: r["image_data"]["tasks"].append({"name": "x", "condition": "edges"}),
+         "image_data.tasks.4", "condition"),
+        (lambda r: r["image_data"]["tasks"].append({"name": "x", "root": "/d", "classes": [1], "condition": "edges"}),
+         "image_data.tasks.4", "not both"),
+        (lambda r: r["lifelong_gan"].update(auxiliary="collage"), "lifelong_gan.auxiliary", "montage"),
+        (lambda r: r["piggyback_gan"].update(filter_ratio=0), "piggyback_gan.filter_ratio", "greater than 0"),
+        (lambda r: r["data"].update(image_size_px=24), "data.image_size_px", "power of two"),
         (lambda r: r["data"].update(tasks=[[0, 1], [1, 2]]), "data.tasks", "more than one task"),
         (lambda r: r["data"].update(tasks=[[0, 1], []]), "data.tasks", "empty"),
         (lambda r: r["data"].update(tasks=[[0, -1]]), "data.tasks", "non-negative"),
@@ -44,7 +63,10 @@ def _error(raw) -> str:
         (lambda r: r.update(trian={}), "trian", "unknown key"),
         (lambda r: r["train"].update(storage_path="runs"), "train.storage_path", "absolute"),
         (lambda r: r["eval"].update(feature_extractor="vgg"), "eval.feature_extractor", "lifelong-cnn"),
-        (lambda r: r.update(task_chain=chain_for(4)), "task_chain", "lifelong chain"),
+        (lambda r: r["scenarios"]["label"].update(task_chain=chain_for(4)), "scenarios.label.task_chain",
+         "lifelong chain"),
+        (lambda r: r["scenarios"]["image"].update(task_chain=chain_for(5)), "scenarios.image.task_chain",
+         "image_data.tasks"),
     ],
 )
 def test_bad_params_name_the_key(raw, edit, path, words):
@@ -59,5 +81,18 @@ def test_out_of_range_class_is_reported_by_prepare_not_silently_dropped(raw, tmp
     # Classes beyond the dataset are only knowable with the data: prepare names them (see test_prepare).
     bad = copy.deepcopy(raw)
     bad["data"]["tasks"] = [[0, 1], [2, 12]]
-    bad["task_chain"] = chain_for(2)
+    bad["scenarios"]["label"]["task_chain"] = chain_for(2)
     assert parse_params(bad).num_classes == 13
+
+
+def test_a_scenario_with_no_runs_is_off_and_needs_no_chain(raw):
+    raw["scenarios"]["image"] = {"runs": []}
+    assert [sc for sc, _ in parse_params(raw).runs()] == ["label"] * 9
+    raw["scenarios"]["label"] = {"runs": []}
+    assert "no scenario has runs" in _error(raw)
+
+
+@pytest.mark.parametrize("profile", ["params-gpu.yaml", "params-gpu-pix2pix.yaml"])
+def test_gpu_profiles_are_valid(profile):
+    p = load_params(profile)
+    assert p.train.use_gpu and p.runs()

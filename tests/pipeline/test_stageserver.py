@@ -33,15 +33,16 @@ def _env(sock, root):
 
 def test_stage_runs_in_the_server_with_its_cwd_env_and_exit_code(server, tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    ok = subprocess.run([sys.executable, "-m", "pipeline.start", "--method", "joint"], cwd=tmp_path,
-                        env=_env(server, tmp_path), capture_output=True, text=True, timeout=120)
+    ok = subprocess.run([sys.executable, "-m", "pipeline.start", "--scenario", "label", "--run", "gan-joint"],
+                        cwd=tmp_path, env=_env(server, tmp_path), capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
-    assert yaml.safe_load((tmp_path / "results/receipts/joint/task-0.json").read_text())["method"] == "joint"
+    receipt = yaml.safe_load((tmp_path / "results/receipts/label/gan-joint/task-0.json").read_text())
+    assert receipt["run"] == "gan-joint"
 
-    bad = subprocess.run([sys.executable, "-m", "pipeline.start", "--method", "nope"], cwd=tmp_path,
-                         env=_env(server, tmp_path), capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "pipeline.start", "--scenario", "label", "--run", "nope"],
+                         cwd=tmp_path, env=_env(server, tmp_path), capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
-    assert "'nope' is not in params.yaml methods" in bad.stderr  # the child's stderr is the client's
+    assert "'nope' is not in params.yaml scenarios.label.runs" in bad.stderr  # the child's stderr is the client's
 
 
 def test_killing_the_client_kills_the_stage(server, tmp_path):

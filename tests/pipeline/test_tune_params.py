@@ -75,5 +75,5 @@ def test_bad_tune_settings_name_the_key(raw, edit, path):
 
 
 def test_a_method_outside_methods_can_be_tuned(raw):
-    raw["methods"] = ["finetune"]
+    raw["scenarios"]["label"]["runs"] = ["diffusion-finetune"]
     assert parse_params(raw).tune.method == "generative_distillation"

@@ -26,14 +26,17 @@ def _batch(b=4):
 
 
 def test_registry_and_typo_error_lists_names():
-    assert set(METHODS) == {"finetune", "joint", "generative_replay", "generative_distillation"}
-    m = make_method("generative_distillation", CFG, distill_weight=0.75)
+    assert set(METHODS["diffusion"]) == {"finetune", "joint", "generative_replay", "generative_distillation"}
+    assert set(METHODS["gan"]) == {"finetune", "joint", "standalone", "lifelong_gan", "piggyback_gan"}
+    m = make_method("generative_distillation", CFG, distill_weight=0.75)  # the config's type picks the family
     assert isinstance(m, GenerativeDistillation) and m.distill_weight == 0.75 and m.needs_teacher
-    assert Joint.uses_all_seen_data and not METHODS["finetune"].uses_all_seen_data
+    assert Joint.uses_all_seen_data and not METHODS["diffusion"]["finetune"].uses_all_seen_data
     with pytest.raises(ValueError) as err:
         make_method("generative_distilation", CFG)
-    for name in METHODS:
+    for name in METHODS["diffusion"]:
         assert name in str(err.value)
+    with pytest.raises(ValueError, match="diffusion method 'lifelong_gan'"):
+        make_method("lifelong_gan", CFG)  # a GAN method cannot train a diffusion model
 
 
 def test_sample_replay_draws_previous_classes_only():
@@ -98,7 +101,7 @@ def test_gd_with_teacher_equal_to_student_leaves_only_the_data_term():
     assert out["loss"].item() == pytest.approx(out["loss_data"].item() / TASK3.index, rel=1e-6)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(METHODS["diffusion"]))
 def test_task_one_is_the_plain_data_loss_without_teacher(name):
     student = _net(0)
     x0, y = _batch()

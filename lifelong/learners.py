@@ -1,0 +1,168 @@
+"""What the worker loop trains, one class per model family: build (with the previous task's model as
+start and teacher), one optimisation step, resumable state, and the model file it exports.
+
+- `DiffusionLearner`: one network, one Adam, DDP through `ray.train.torch.prepare_model`.
+- `GANLearner`: several networks (G, D; BicycleGAN adds E and D2), one Adam per network (BicycleGAN's
+  optimizer_G/E/D/D2). Each loss key trains the nets its method names in `LOSS_TARGETS`, e.g.
+  loss_g -> G and E, loss_d -> D and D2. Not DDP-wrapped (several forwards per net and step, and the
+  piggyback generator changes shape between tasks); under DDP the gradients are averaged by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from lifelong import distributed as dist
+from lifelong.methods.base import TaskInfo
+
+
+class DiffusionLearner:
+    def __init__(self, cfg, task: TaskInfo, device: torch.device, rank: int) -> None:
+        import ray.train.torch
+
+        from lifelong.methods import make_method
+        from lifelong.models import load_model
+        from lifelong.models.diffusion import DiffusionConfig, build_unet
+
+        self.model_cfg = DiffusionConfig.from_dict(cfg.model_config)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        model = build_unet(self.model_cfg)
+        teacher = None
+        if cfg.init_state is not None:
+            previous = load_model(torch.load(cfg.init_state, map_location="cpu", weights_only=True))
+            model.load_state_dict(previous.state_dict())  # every method continues from task k-1's weights
+            teacher = previous.to(device).eval().requires_grad_(False)  # frozen; never DDP-wrapped
+        self.model = ray.train.torch.prepare_model(model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.grad_clip = cfg.grad_clip
+        self.method = make_method(cfg.method, self.model_cfg, distill_weight=cfg.distill_weight,
+                                  replay_ddim_steps=cfg.replay_ddim_steps,
+                                  generator_seed=cfg.seed * 1000 + cfg.task_index * 10 + rank)
+        self.method.before_task(task, teacher if self.method.needs_teacher else None)
+        self.model.train()
+
+    def step(self, batch: tuple[Tensor, ...], autocast) -> dict[str, Tensor]:
+        x0, y = batch
+        with autocast:
+            parts = self.method.loss(self.model, x0, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return parts
+
+    def state_dict(self) -> dict:
+        return {"model": dist.unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        dist.unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def export(self) -> dict:
+        from lifelong.models.diffusion import save_state
+
+        self.method.after_task()
+        return save_state(dist.unwrap(self.model).cpu(), self.model_cfg)
+
+    def eval_model(self) -> tuple[nn.Module, object]:
+        """The bare network and its config, for the search objective."""
+        return dist.unwrap(self.model), self.model_cfg
+
+
+class GANLearner:
+    betas = (0.5, 0.999)  # pix2pix / BicycleGAN's Adam
+
+    def __init__(self, cfg, task: TaskInfo, device: torch.device, rank: int) -> None:
+        from lifelong.methods import make_method
+        from lifelong.models import build_gan_nets, load_model
+        from lifelong.models.gan import GANConfig
+
+        gan_cfg = GANConfig.from_dict(cfg.model_config)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        teacher = None
+        if cfg.init_state is not None:
+            nets = load_model(torch.load(cfg.init_state, map_location="cpu", weights_only=True))
+        else:
+            nets = build_gan_nets(gan_cfg)
+        self.method = make_method(cfg.method, nets.cfg, distill_weight=cfg.distill_weight,
+                                  generator_seed=cfg.seed * 1000 + cfg.task_index * 10 + rank,
+                                  **cfg.method_options)
+        if self.method.needs_teacher and cfg.init_state is not None:
+            teacher = copy.deepcopy(nets).to(device).eval().requires_grad_(False)
+        nets = self.method.prepare(nets, task)  # piggyback: a new task's filters; standalone: fresh nets
+        self.nets = nets.to(device)
+        self.world = dist.get_world_size()
+        if self.world > 1:
+            _broadcast_from_rank0(self.nets)  # standalone re-initialises: make every rank start equal
+        self.method.before_task(task, teacher)
+        self.grad_clip = cfg.grad_clip
+        self.optimizers = {name: torch.optim.Adam(params, lr=cfg.lr, betas=self.betas)
+                           for name, net in self.nets.items() if (params := _trainable(net))}
+        self.nets.train()
+
+    def step(self, batch: tuple[Tensor, ...], autocast) -> dict[str, Tensor]:
+        # image-conditioned batches are (A, B, label), label-conditioned ones (x, label)
+        named = dict(zip(("a", "x", "y"), batch)) if len(batch) == 3 else dict(zip(("x", "y"), batch))
+        with autocast:
+            parts = self.method.loss(self.nets, named)
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        keys = [k for k in self.method.LOSS_TARGETS if k in parts]
+        for i, key in enumerate(keys):  # loss_g -> G, E; loss_g_alone -> G; loss_d -> D, D2
+            params = [p for n in self.method.LOSS_TARGETS[key] if n in self.optimizers for p in _trainable(self.nets[n])]
+            if params:
+                torch.autograd.backward(parts[key], inputs=params, retain_graph=i < len(keys) - 1)
+        for name, opt in self.optimizers.items():
+            params = _trainable(self.nets[name])
+            if self.world > 1:
+                _average_gradients(params, self.world)
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            opt.step()
+        return parts
+
+    def state_dict(self) -> dict:
+        return {"model": self.nets.state_dict(),
+                "optimizer": {name: opt.state_dict() for name, opt in self.optimizers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.nets.load_state_dict(state["model"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizer"][name])
+
+    def export(self) -> dict:
+        from lifelong.models.gan import save_gan_state
+
+        self.method.after_task()
+        return save_gan_state(self.nets.cpu(), self.nets.cfg)
+
+    def eval_model(self):
+        raise NotImplementedError("the search objective measures diffusion models only")
+
+
+LEARNERS = {"diffusion": DiffusionLearner, "gan": GANLearner}
+
+
+def _trainable(net: nn.Module) -> list[nn.Parameter]:
+    return [p for p in net.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def _broadcast_from_rank0(module: nn.Module) -> None:
+    import torch.distributed as tdist
+
+    for t in list(module.parameters()) + list(module.buffers()):
+        tdist.broadcast(t.data, src=0)
+
+
+def _average_gradients(params: list[nn.Parameter], world: int) -> None:
+    """What DDP's reducer does, by hand: every rank ends the backward with the mean gradient."""
+    import torch.distributed as tdist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)  # every rank must join every all-reduce
+        tdist.all_reduce(p.grad)
+        p.grad.div_(world)

@@ -1,0 +1,34 @@
+"""Piggyback GAN (Zhai et al., ECCV 2020): each task's generator filters = a few new free filters
+plus linear combinations of a frozen filter bank made of the earlier tasks' filters.
+
+The method only changes the generator's structure between tasks (`prepare`); its loss is the plain
+GAN loss of fine-tuning. Old tasks never change: their free filters, mixing matrices and
+per-task layers are frozen inside the same module, so `set_task(G, i)` rebuilds task i exactly.
+The discriminators are ordinary networks, carried over and retrained on each task.
+"""
+
+from __future__ import annotations
+
+from lifelong.methods.base import TaskInfo
+from lifelong.methods.gan import GANFineTune
+from lifelong.models import piggyback
+
+
+class PiggybackGAN(GANFineTune):
+    def __init__(self, cfg, *, filter_ratio: float = 0.25, **kwargs) -> None:
+        super().__init__(cfg, **kwargs)
+        self.filter_ratio = filter_ratio  # lambda: share of each layer's filters that are new and free
+
+    def prepare(self, nets, task: TaskInfo):
+        G = nets["G"]
+        if not piggyback.is_piggyback(G):
+            if task.index != 1:  # a previous model that is not piggyback (e.g. another method's)
+                raise ValueError(f"piggyback_gan task {task.index}: the previous generator has no filter bank; "
+                                 "its model must come from piggyback_gan's own task "
+                                 f"{task.index - 1}")
+            piggyback.piggyback_(G, self.filter_ratio)  # task 1: every filter free, the bank is empty
+        else:
+            piggyback.add_task(G)  # task t: U_t free, M_t mixes the frozen bank [U_1; ...; U_{t-1}]
+        nets.cfg.piggyback_ratio = self.filter_ratio
+        nets.cfg.piggyback_tasks = piggyback.num_tasks(G)
+        return nets
