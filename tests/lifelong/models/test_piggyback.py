@@ -169,3 +169,39 @@ def test_errors():
         piggyback_(model, 0.25)
     with pytest.raises(ValueError, match="not a piggyback model"):
         num_tasks(_generator())
+
+
+@pytest.mark.parametrize("which", ["label_gan", "image_gan", "diffusion_unet"])
+def test_every_generator_of_the_project_keeps_its_old_task(which):
+    # The piggyback form of each generator lifelong trains: the two GAN generators and, beyond the
+    # paper, the diffusion UNet. Task 1 must survive a trained task 2 bit for bit.
+    from lifelong.models.diffusion import DiffusionConfig, build_unet
+    from lifelong.models.gan import GANConfig, build_gan
+
+    torch.manual_seed(0)
+    if which == "diffusion_unet":
+        model = build_unet(DiffusionConfig(image_size_px=8, num_classes=4, block_out_channels=(8, 16)))
+        inputs = (torch.randn(3, 1, 8, 8), torch.tensor([1, 500, 999]), torch.tensor([0, 1, 3]))
+    else:
+        cond = "label" if which == "label_gan" else "image"
+        model = build_gan(GANConfig(condition=cond, image_size_px=8, num_classes=4, z_dim=4, width=8))["G"]
+        z = torch.randn(3, 4)
+        inputs = (z, torch.tensor([0, 1, 3])) if cond == "label" else (torch.rand(3, 1, 8, 8) * 2 - 1, z)
+    with torch.no_grad():
+        plain = model(*inputs)
+    piggyback_(model, 0.25)
+    with torch.no_grad():
+        task1 = model(*inputs)
+    assert torch.equal(task1, plain)  # wrapping changes nothing
+    add_task(model)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = model(*inputs).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert not torch.equal(model(*inputs), task1)
+        set_task(model, 1)
+        assert torch.equal(model(*inputs), task1)
+    assert task_parameter_count(model, 2) < task_parameter_count(model, 1)
