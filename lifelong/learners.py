@@ -99,8 +99,10 @@ class GANLearner:
             _broadcast_from_rank0(self.nets)  # standalone re-initialises: make every rank start equal
         self.method.before_task(task, teacher)
         self.grad_clip = cfg.grad_clip
+        # The trainable parameters of each net are fixed for the whole task (piggyback froze the old ones in prepare).
+        self.params = {name: params for name, net in self.nets.items() if (params := _trainable(net))}
         self.optimizers = {name: torch.optim.Adam(params, lr=cfg.lr, betas=self.betas)
-                           for name, net in self.nets.items() if (params := _trainable(net))}
+                           for name, params in self.params.items()}
         self.nets.train()
 
     def step(self, batch: tuple[Tensor, ...], autocast) -> dict[str, Tensor]:
@@ -112,11 +114,11 @@ class GANLearner:
             opt.zero_grad(set_to_none=True)
         keys = [k for k in self.method.LOSS_TARGETS if k in parts]
         for i, key in enumerate(keys):  # loss_g -> G, E; loss_g_alone -> G; loss_d -> D, D2
-            params = [p for n in self.method.LOSS_TARGETS[key] if n in self.optimizers for p in _trainable(self.nets[n])]
+            params = [p for n in self.method.LOSS_TARGETS[key] for p in self.params.get(n, [])]
             if params:
                 torch.autograd.backward(parts[key], inputs=params, retain_graph=i < len(keys) - 1)
         for name, opt in self.optimizers.items():
-            params = _trainable(self.nets[name])
+            params = self.params[name]
             if self.world > 1:
                 _average_gradients(params, self.world)
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)

@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lifelong.data import read_all, read_all_pairs, task_shard_paths, verify_shards
     from lifelong.evaluation import quality
-    from lifelong.models import model_config
-    from lifelong.training import load_model_file
+    from lifelong.models import load_model, model_config
 
     params = load_params()
     lay = layout()
@@ -75,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         for k, receipt in enumerate(receipts, start=1):
             model_file = download_model_version(receipt["model_name"], receipt["version"], Path(tmp) / f"task-{k}",
                                                 stage_hint=stage_of(k))
-            cfg = model_config(torch.load(model_file, map_location="cpu", weights_only=True))
-            models[k] = load_model_file(model_file, device).eval()
+            state = torch.load(model_file, map_location="cpu", weights_only=True)  # read once: config + weights
+            cfg = model_config(state)
+            models[k] = load_model(state).to(device).eval()
             row = {}
             for j in range(1, k + 1):
                 net = generator_for(method, models, k, j)
