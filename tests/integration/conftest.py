@@ -47,6 +47,9 @@ def run(cmd: list[str], cwd: Path, *, check: bool = True, timeout: int = 900, en
                 **(env or {})}
     full_env.pop("RAY_ADDRESS", None) if env is None or "RAY_ADDRESS" not in env else None
     full_env.pop("DVC_ROOT", None)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # each clone uses its own mlflow.db
+        if env is None or key not in env:
+            full_env.pop(key, None)
     res = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")
@@ -66,6 +69,16 @@ def make_clone(dest: Path, params: dict) -> Path:
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_environment():
+    """A test that changes os.environ (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, say) must not
+    point the next test's stages at its repository."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture

@@ -24,8 +24,11 @@ def _registered(repo, name: str, version: str):
 
     from lifelong.training import load_model_file
 
-    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
-    path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(repo / "dl" / version))
+    # Not mlflow.set_tracking_uri: it also exports MLFLOW_TRACKING_URI, which every later stage
+    # subprocess of the test session would inherit and write into this repository's database.
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(repo / "dl" / version),
+                                               tracking_uri=uri, registry_uri=uri)
     return load_model_file(f"{path}/model.pt").eval()
 
 
