@@ -140,8 +140,9 @@ class GANLearner:
         self.method.after_task()
         return save_gan_state(self.nets.cpu(), self.nets.cfg)
 
-    def eval_model(self):
-        raise NotImplementedError("the search objective measures diffusion models only")
+    def eval_model(self) -> tuple[nn.Module, object]:
+        """The nets and their config, for the search objective (lifelong.tuning.measure)."""
+        return self.nets, self.nets.cfg
 
 
 LEARNERS = {"diffusion": DiffusionLearner, "gan": GANLearner}

@@ -50,22 +50,20 @@ def combine(fids: list[float], spec: dict) -> dict[str, float]:
 
 def measure(model: torch.nn.Module, model_cfg, spec: dict, real: list[np.ndarray],
             device: torch.device | str = "cpu") -> dict[str, float]:
-    """Generate every seen class with DDIM, FID per task against its real test images, then combine().
+    """Generate every seen class, FID per task against its real test images, then combine().
 
-    `model` is the bare (unwrapped) network; it is put in eval mode and restored to its previous mode.
+    `model` is the bare (unwrapped) network: a diffusion UNet (DDIM samples) or label-conditioned
+    GANNets (G(z, y); a piggyback generator is switched to each task's own filters, then back).
+    It is put in eval mode and restored to its previous mode.
     """
     from lifelong.evaluation import quality
-    from lifelong.evaluation.generate import generate_per_class
 
     was_training = model.training
     model.eval()
     try:
         fids = []
         for j, (classes, real_j) in enumerate(zip(spec["tasks"], real), start=1):
-            with torch.no_grad():
-                images, labels = generate_per_class(
-                    model, list(classes), per_class=int(spec["samples_per_class"]), cfg=model_cfg,
-                    steps=int(spec["ddim_steps"]), seed=int(spec.get("seed", 0)) * 100 + j, device=device)
+            images, labels = _generate_task(model, model_cfg, j, list(classes), spec, device)
             q = quality(images, labels, real_j, classifier_path=spec["classifier"],
                         feature_extractor=spec.get("feature_extractor", "lifelong-cnn"),
                         kid_subset_size=int(spec.get("kid_subset_size", 100)), device=torch.device(device).type)
@@ -73,3 +71,27 @@ def measure(model: torch.nn.Module, model_cfg, spec: dict, real: list[np.ndarray
     finally:
         model.train(was_training)
     return combine(fids, spec)
+
+
+@torch.no_grad()
+def _generate_task(model, model_cfg, j: int, classes: list[int], spec: dict, device) -> tuple[np.ndarray, np.ndarray]:
+    from lifelong.evaluation.generate import gan_generate_per_class, generate_per_class
+    from lifelong.models.gan import GANConfig
+
+    per_class, seed = int(spec["samples_per_class"]), int(spec.get("seed", 0)) * 100 + j
+    if not isinstance(model_cfg, GANConfig):
+        return generate_per_class(model, classes, per_class=per_class, cfg=model_cfg,
+                                  steps=int(spec["ddim_steps"]), seed=seed, device=device)
+    if model_cfg.condition != "label":
+        raise ValueError("the search objective measures label-conditioned GANs only (it generates per class)")
+    from lifelong.models import piggyback
+
+    G = model["G"]
+    if not piggyback.is_piggyback(G):
+        return gan_generate_per_class(model, classes, per_class=per_class, seed=seed, device=device)
+    current = piggyback.active_task(G)
+    piggyback.set_task(G, j)  # task j's generator: U_j, M_j over the bank F_j
+    try:
+        return gan_generate_per_class(model, classes, per_class=per_class, seed=seed, device=device)
+    finally:
+        piggyback.set_task(G, current)

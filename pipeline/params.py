@@ -19,7 +19,6 @@ FAMILY_METHODS: dict[str, tuple[str, ...]] = {
     "diffusion": ("finetune", "joint", "generative_replay", "generative_distillation"),
     "gan": ("finetune", "joint", "standalone", "lifelong_gan", "piggyback_gan"),
 }
-METHOD_NAMES = FAMILY_METHODS["diffusion"]  # what tune.method may name (the search measures diffusion models)
 # Which model families a scenario's data can train: label-conditioned generation has both, the
 # image-conditioned (A -> B) scenario only GANs (BicycleGAN-style).
 SCENARIO_FAMILIES: dict[str, tuple[str, ...]] = {"label": ("diffusion", "gan"), "image": ("gan",)}
@@ -197,13 +196,37 @@ class ClassifierParams(_Section):
     lr: float = Field(1e-3, gt=0)
 
 
-# Hyperparameters a search may vary: key path -> (integer?, the methods that use it; None: every method).
-REPLAY_METHODS = ("generative_replay", "generative_distillation")
-TUNABLE: dict[str, tuple[bool, tuple[str, ...] | None]] = {
-    "distill.weight": (False, REPLAY_METHODS),
-    "distill.replay_ddim_steps": (True, REPLAY_METHODS),
-    "train.lr": (False, None),
+# Hyperparameters a search may vary: key path -> (integer?, the runs that use it). A run is
+# "<family>-<method>"; "<family>-*" stands for every method of the family.
+_REPLAY_RUNS = ("diffusion-generative_replay", "diffusion-generative_distillation")
+TUNABLE: dict[str, tuple[bool, tuple[str, ...]]] = {
+    "distill.weight": (False, _REPLAY_RUNS),  # lambda of generative replay / distillation
+    "distill.replay_ddim_steps": (True, _REPLAY_RUNS),  # S
+    "train.lr": (False, ("diffusion-*",)),
+    "gan.lr": (False, ("gan-*",)),
+    "lifelong_gan.beta": (False, ("gan-lifelong_gan",)),  # weight of L_DL
+    "piggyback_gan.filter_ratio": (False, ("gan-piggyback_gan",)),  # lambda: new free filters per task
 }
+# The search trains a run on the label scenario and measures every seen task with the run's final
+# model (piggyback_gan switched to each task's filters). Standalone keeps one model per task: its
+# earlier tasks are not the current model's, so a search over it would measure the wrong thing.
+UNTUNABLE_RUNS = ("gan-standalone",)
+
+
+def tune_run(method: str) -> str:
+    """tune.method as a run name: "gan-lifelong_gan" stays; a bare name is the diffusion method of that
+    name if there is one (so "finetune" is diffusion's), else the GAN method ("lifelong_gan")."""
+    if "-" in method:
+        return method
+    for family in ("diffusion", "gan"):
+        if method in FAMILY_METHODS[family]:
+            return f"{family}-{method}"
+    return method
+
+
+def tunable_for(run: str, key: str) -> bool:
+    family = run.partition("-")[0]
+    return run in TUNABLE[key][1] or f"{family}-*" in TUNABLE[key][1]
 
 
 class SpaceParam(_Section):
@@ -217,7 +240,9 @@ class SpaceParam(_Section):
 
 
 class TuneParams(_Section):
-    method: str = "generative_distillation"  # any known method (need not be in `methods`)
+    # any method of the label scenario, bare (a diffusion method, or a GAN method whose name is not
+    # also diffusion's) or as a run: generative_distillation, gan-lifelong_gan, gan-piggyback_gan, ...
+    method: str = "generative_distillation"
     tasks: int = Field(2, ge=1)  # the search trains tasks 1..tasks of data.tasks
     steps_per_task: int = Field(120, gt=0)
     eval_every_steps: int = Field(40, gt=0)  # objective reports on the last tuned task (ASHA's rungs)
@@ -231,29 +256,65 @@ class TuneParams(_Section):
     objective_alpha: float = Field(0.5, ge=0, le=1)  # weighted: alpha*FID(last task) + (1-alpha)*forgetting
     samples_per_class: int = Field(40, gt=1)  # generated images per class for the objective's FID
     ddim_steps: int = Field(5, ge=1)
-    space: dict[str, SpaceParam] = {
-        "distill.weight": SpaceParam(type="loguniform", low=0.1, high=10),
-        "distill.replay_ddim_steps": SpaceParam(type="choice", values=[1, 2, 5]),
+    # one search space per method (keyed as tune.method names it); the search uses tune.method's
+    space: dict[str, dict[str, SpaceParam]] = {
+        "generative_distillation": {
+            "distill.weight": SpaceParam(type="loguniform", low=0.1, high=10),
+            "distill.replay_ddim_steps": SpaceParam(type="choice", values=[1, 2, 5]),
+        },
     }
+
+    @property
+    def run(self) -> str:
+        """tune.method as "<family>-<method>"."""
+        return tune_run(self.method)
+
+    @property
+    def method_space(self) -> dict[str, SpaceParam]:
+        """The space searched now: tune.space.<tune.method>."""
+        return self.space.get(self.method, {})
+
+
+_SECTIONS = {"distill": DistillParams, "train": TrainParams, "gan": GANParams,  # validate a searched value
+             "lifelong_gan": LifelongGANParams, "piggyback_gan": PiggybackGANParams}
 
 
 def tune_space_errors(tune: TuneParams) -> list[str]:
-    """Every problem of tune.space, each naming its key path (empty: the space is valid)."""
+    """Every problem of tune.method and tune.space, each naming its key path (empty: all valid)."""
     errors = []
-    if tune.method not in METHOD_NAMES:
-        errors.append(f"tune.method: unknown method {tune.method!r}; allowed: {', '.join(METHOD_NAMES)}")
-    if not tune.space:
-        errors.append("tune.space: is empty; give at least one parameter, e.g. distill.weight: "
-                      "{type: loguniform, low: 0.1, high: 10}")
-    for key, p in tune.space.items():
-        where = f"tune.space.{key}"
+    allowed = [f"{f}-{m}" for f, methods in FAMILY_METHODS.items() for m in methods
+               if f"{f}-{m}" not in UNTUNABLE_RUNS]
+    for method in dict.fromkeys([tune.method, *tune.space]):
+        where = "tune.method" if method == tune.method else f"tune.space.{method}"
+        family, _, name = tune_run(method).partition("-")
+        if tune_run(method) in UNTUNABLE_RUNS:
+            errors.append(f"{where}: {method!r} trains one model per task: the search's objective (every seen "
+                          "task, generated by the last model) does not apply; allowed: " + ", ".join(allowed))
+        elif name not in FAMILY_METHODS.get(family, ()):
+            errors.append(f"{where}: unknown method {method!r}; allowed: {', '.join(allowed)} "
+                          "(a diffusion method may be named without 'diffusion-')")
+    if not tune.method_space:
+        errors.append(f"tune.space.{tune.method}: no search space for tune.method {tune.method!r}; give at least "
+                      f"one parameter it uses, e.g. tune.space.{tune.method}."
+                      + next((k for k in TUNABLE if tunable_for(tune.run, k)), "train.lr")
+                      + ": {type: loguniform, low: 0.1, high: 10}")
+    for method, space in tune.space.items():
+        errors += _space_errors(tune, method, space)
+    return errors + _tune_setting_errors(tune)
+
+
+def _space_errors(tune: TuneParams, method: str, space: dict[str, SpaceParam]) -> list[str]:
+    errors = []
+    run = tune_run(method)
+    for key, p in space.items():
+        where = f"tune.space.{method}.{key}"
         if key not in TUNABLE:
             errors.append(f"{where}: unknown parameter; tunable: {', '.join(TUNABLE)}")
             continue
-        integer, methods = TUNABLE[key]
-        if methods is not None and tune.method not in methods:
-            errors.append(f"{where}: method {tune.method!r} does not use this parameter "
-                          f"(only {', '.join(methods)} do)")
+        integer, runs = TUNABLE[key]
+        if not tunable_for(run, key):
+            errors.append(f"{where}: method {method!r} does not use this parameter "
+                          f"(only {', '.join(runs)} do)")
             continue
         if p.type in ("choice", "grid"):
             if p.low is not None or p.high is not None:
@@ -285,7 +346,7 @@ def tune_space_errors(tune: TuneParams) -> list[str]:
                 continue
             candidates = [p.low, p.high]
         section, name = key.split(".")
-        model = {"distill": DistillParams, "train": TrainParams}[section]
+        model = _SECTIONS[section]
         for v in candidates:
             if integer and not float(v).is_integer():
                 errors.append(f"{where}: {v!r} is not an integer")
@@ -296,6 +357,11 @@ def tune_space_errors(tune: TuneParams) -> list[str]:
                 errors.append(f"{where}: value {v!r} is not allowed for {key}: "
                               f"{err.errors()[0]['msg'].removeprefix('Value error, ')}")
                 break
+    return errors
+
+
+def _tune_setting_errors(tune: TuneParams) -> list[str]:
+    errors = []
     if tune.eval_every_steps > tune.steps_per_task:
         errors.append(f"tune.eval_every_steps: ({tune.eval_every_steps}) must be <= tune.steps_per_task "
                       f"({tune.steps_per_task})")
@@ -465,3 +531,15 @@ def load_params(path: str | Path | None = None) -> Params:
 def repo_root() -> Path:
     """DVC exports DVC_ROOT to every stage; outside DVC the current directory is the root."""
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def with_values(params: Params, values: dict) -> Params:
+    """params with searched values set, e.g. {"lifelong_gan.beta": 2.0}: what a trial trains with, and
+    what the train stages train with under train.use_tuned."""
+    for key, value in values.items():
+        if key not in TUNABLE:
+            raise ValueError(f"unknown tuned parameter {key!r}; tunable: {', '.join(TUNABLE)}")
+        section, name = key.split(".")
+        value = int(value) if TUNABLE[key][0] else float(value)
+        params = params.model_copy(update={section: getattr(params, section).model_copy(update={name: value})})
+    return params

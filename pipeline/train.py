@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     # train.use_tuned: the `tuned` stage's pick (results/tune/applied.json) replaces the defaults.
     from pipeline.tune import apply_tuned
 
-    tuned = {}
-    if family == "diffusion" and scenario == "label":
-        params, tuned = apply_tuned(params, method, lay)
+    params, tuned = apply_tuned(params, scenario, run, lay)
 
     from lifelong.data import read_manifest, task_shard_paths, verify_shards
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from pipeline.layout import Layout, layout, read_json, run_stage, write_json
-from pipeline.params import TUNABLE, Params, TuneParams, load_params
+from pipeline.params import TUNABLE, Params, TuneParams, load_params, split_run, with_values
 
 
 # --- paths and the `tuned` selection (cheap: no torch, no Ray) ---------------------------------
@@ -43,34 +43,32 @@ def select(params: Params, lay: Layout) -> dict:
     path = result_path(lay, method)
     result = read_json(path, what=f"the search result for {method}",
                        fix=f"run `dvc repro tune/dvc.yaml` (tune.method: {method}) first, or set train.use_tuned: false")
-    return {"method": method, "config": result["best"]["config"], "objective": result["best"]["objective"]}
+    return {"method": method, "run": params.tune.run, "config": result["best"]["config"],
+            "objective": result["best"]["objective"]}
 
 
-def apply_tuned(params: Params, method: str, lay: Layout) -> tuple[Params, dict]:
-    """For the train stage: params with the tuned values of `method` applied, and those values ({} if none)."""
-    if not params.train.use_tuned:
+def apply_tuned(params: Params, scenario: str, run: str, lay: Layout) -> tuple[Params, dict]:
+    """For the train stage of (scenario, run): params with the tuned values applied, and those values
+    ({} if none). The search trains on the label scenario, so only label runs take its values."""
+    if not params.train.use_tuned or scenario != "label":
         return params, {}
     applied = read_json(applied_path(lay), what="the tuned config (stage `tuned`)", fix="run `dvc repro tuned`")
-    if applied.get("method") != method:
+    if applied.get("run") != run:
         return params, {}
-    config = applied["config"]
-    for key, value in config.items():
-        if key not in TUNABLE:
-            raise ValueError(f"{applied_path(lay)}: unknown tuned parameter {key!r}; re-run the search")
-        section, name = key.split(".")
-        value = int(value) if TUNABLE[key][0] else float(value)
-        params = params.model_copy(update={section: getattr(params, section).model_copy(update={name: value})})
-    return params, dict(config)
+    try:
+        return with_values(params, applied["config"]), dict(applied["config"])
+    except ValueError as err:
+        raise ValueError(f"{applied_path(lay)}: {err}; re-run the search") from None
 
 
 # --- the search space --------------------------------------------------------------------------
 
 def build_space(tune_params: TuneParams) -> dict:
-    """tune.space as a nested Ray Tune param_space ({"distill": {"weight": tune.loguniform(...)}})."""
+    """tune.space.<tune.method> as a nested Ray Tune param_space ({"distill": {"weight": tune.loguniform(...)}})."""
     from ray import tune
 
     space: dict = {}
-    for key, p in tune_params.space.items():
+    for key, p in tune_params.method_space.items():
         integer = TUNABLE[key][0]
         if p.type == "loguniform":
             dist = tune.loguniform(p.low, p.high)
@@ -104,11 +102,12 @@ def trial(config: dict, ctx: dict) -> None:
 
     from lifelong.training import TaskTrainConfig, train_loop_per_worker
 
+    from pipeline.train import budget
+
     trial_id = ray.tune.get_context().get_trial_id()
-    values = flatten(config)
-    lr = float(values.get("train.lr", ctx["lr"]))
-    distill_weight = float(values.get("distill.weight", ctx["distill_weight"]))
-    replay_ddim_steps = int(values.get("distill.replay_ddim_steps", ctx["replay_ddim_steps"]))
+    # the train stage's own budget and method options, with this trial's values and the search's steps
+    hyper = dict(budget(with_values(ctx["params"], flatten(config)), ctx["family"], ctx["method"]),
+                 steps=ctx["steps"])
     T = len(ctx["tasks"])
     trial_dir = Path(ctx["trial_root"]) / trial_id
     init_state, history = None, []  # history[i][j]: FID of task j+1 after task i+1 (weighted objective)
@@ -122,11 +121,10 @@ def trial(config: dict, ctx: dict) -> None:
             if not last:
                 spec["kind"] = "mean_fid"  # earlier tasks only record their FIDs (forgetting's reference)
         cfg = TaskTrainConfig(
-            method=ctx["method"], model_config=ctx["model_config"], task_index=k, task_classes=ctx["tasks"][k - 1],
-            previous_classes=[c for classes in ctx["tasks"][: k - 1] for c in classes],
+            method=ctx["method"], family=ctx["family"], model_config=ctx["model_config"], task_index=k,
+            task_classes=ctx["tasks"][k - 1], previous_classes=[c for classes in ctx["tasks"][: k - 1] for c in classes],
             shards=ctx["train_shards"][k - 1], checkpoint_dir=str(trial_dir / f"task-{k}"), init_state=init_state,
-            steps=ctx["steps"], batch_size=ctx["batch_size"], lr=lr, grad_clip=ctx["grad_clip"],
-            distill_weight=distill_weight, replay_ddim_steps=replay_ddim_steps,
+            grad_clip=ctx["grad_clip"], **hyper,
             checkpoint_every=ctx["steps"],  # no step files: a stopped trial is discarded, not resumed
             log_every=ctx["eval_every"] if last else ctx["steps"], seed=ctx["seed"], use_gpu=ctx["use_gpu"],
             loader_workers=ctx["loader_workers"], objective=spec,
@@ -159,19 +157,19 @@ def trial_context(params: Params, lay: Layout, trial_root: Path, train_storage: 
     from pipeline.train import model_config
 
     tp = params.tune
+    family, method = split_run(tp.run)
     T = tp.tasks
     for t in range(1, T + 1):
         verify_shards(lay.shards, task=t)
-    all_seen = method_class("diffusion", tp.method).uses_all_seen_data
+    all_seen = method_class(family, method).uses_all_seen_data
     train_shards = [[str(p) for t in (range(1, k + 1) if all_seen else [k])
                      for p in task_shard_paths(lay.shards, t, "train")] for k in range(1, T + 1)]
     return {
-        "method": tp.method, "model_config": model_config(params), "tasks": params.data.tasks[:T],
-        "train_shards": train_shards,
+        "params": params, "family": family, "method": method, "model_config": model_config(params, "label", family),
+        "tasks": params.data.tasks[:T], "train_shards": train_shards,
         "real_shards": [[str(p) for p in task_shard_paths(lay.shards, t, "test")] for t in range(1, T + 1)],
-        "steps": tp.steps_per_task, "eval_every": tp.eval_every_steps, "batch_size": params.train.batch_size,
-        "lr": params.train.lr, "grad_clip": params.train.grad_clip, "distill_weight": params.distill.weight,
-        "replay_ddim_steps": params.distill.replay_ddim_steps, "seed": params.seed,
+        "steps": tp.steps_per_task, "eval_every": tp.eval_every_steps, "grad_clip": params.train.grad_clip,
+        "seed": params.seed,
         "use_gpu": params.train.use_gpu, "num_workers": params.train.num_workers,
         "loader_workers": params.train.loader_workers, "max_failures": params.train.max_failures,
         "trial_root": str(trial_root), "train_storage": str(train_storage),
@@ -284,7 +282,7 @@ def log_mlflow(params: Params, lay: Layout, rows: list[dict], best: dict, second
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"tune/{tp.method}", tags=tags) as parent:
         settings = tp.model_dump(exclude={"space"})
         mlflow.log_params({f"tune.{k}": v for k, v in settings.items()})
-        mlflow.log_params({f"space.{k}": json.dumps(v.model_dump(exclude_none=True)) for k, v in tp.space.items()})
+        mlflow.log_params({f"space.{k}": json.dumps(v.model_dump(exclude_none=True)) for k, v in tp.method_space.items()})
         mlflow.log_metrics({"best_objective": best["objective"], "search_seconds": seconds,
                             "trials_stopped_early": sum(r["stopped_early"] for r in rows)})
         for row in rows:
@@ -309,7 +307,7 @@ def plot(path: Path, rows: list[dict], tune_params: TuneParams, best: dict) -> N
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    keys = list(tune_params.space)
+    keys = list(tune_params.method_space)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for early, marker, label in ((False, "o", "trained to the end"), (True, "x", "stopped early (ASHA)")):
@@ -320,7 +318,7 @@ def plot(path: Path, rows: list[dict], tune_params: TuneParams, best: dict) -> N
         ax.scatter([best["config"][key]], [best["objective"]], s=160, facecolors="none", edgecolors="red",
                    label="best")
         xs = [r["config"][key] for r in rows if key in r["config"]]
-        if tune_params.space[key].type == "loguniform" or (xs and min(xs) > 0 and max(xs) / min(xs) >= 10):
+        if tune_params.method_space[key].type == "loguniform" or (xs and min(xs) > 0 and max(xs) / min(xs) >= 10):
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping 2x10^-1 labels
         ax.set_xlabel(key)
@@ -370,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "best": {"config": best["config"], "objective": best["objective"], "trial_id": best["trial_id"]},
         "trials": [{k: r[k] for k in ("trial_id", "config", "objective", "best_objective", "steps",
                                       "stopped_early", "error")} for r in rows],
-        "space": {k: v.model_dump(exclude_none=True) for k, v in tp.space.items()},
+        "space": {k: v.model_dump(exclude_none=True) for k, v in tp.method_space.items()},
         "settings": tp.model_dump(exclude={"space", "method"}), "mlflow_run_id": run_id,
         "seconds": round(seconds, 1),
     }

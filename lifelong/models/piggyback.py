@@ -264,6 +264,15 @@ def set_task(model: nn.Module, t: int) -> None:
         layer.set_task(t)
 
 
+def active_task(model: nn.Module) -> int:
+    """The task the model computes now (set_task's, or the newest after add_task)."""
+    active = {layer.active_task for layer in _layers(model)}
+    if len(active) != 1:
+        raise RuntimeError(f"layers disagree on the active task: {sorted(active)}" if active
+                           else "not a piggyback model: call piggyback_(model, ratio) first")
+    return active.pop()
+
+
 def task_parameters(model: nn.Module, t: int) -> list[nn.Parameter]:
     """What task t adds: U_t, M_t, bias_t of every conv and its TaskSpecific copies."""
     _check_task(t, num_tasks(model))

@@ -23,8 +23,8 @@ TUNE = {
     "method": METHOD, "tasks": 2, "steps_per_task": 20, "eval_every_steps": 5, "grace_period_steps": 5,
     "reduction_factor": 2, "num_samples": 1, "max_concurrent": 1, "scheduler": "asha", "search_alg": "random",
     "samples_per_class": 8, "ddim_steps": 2,
-    "space": {"train.lr": {"type": "grid", "values": [0.003, 1.0e-6, 1.0e-7]},
-              "distill.weight": {"type": "loguniform", "low": 0.1, "high": 10}},
+    "space": {METHOD: {"train.lr": {"type": "grid", "values": [0.003, 1.0e-6, 1.0e-7]},
+                       "distill.weight": {"type": "loguniform", "low": 0.1, "high": 10}}},
 }
 
 
@@ -57,7 +57,7 @@ def test_tiny_search_asha_mlflow_and_use_tuned(tmp_path):
     result = json.loads((repo / f"results/tune/{METHOD}.json").read_text())
     trials = result["trials"]
     assert len(trials) == 3 and not any(t["error"] for t in trials), trials
-    assert sorted(t["config"]["train.lr"] for t in trials) == sorted(TUNE["space"]["train.lr"]["values"])
+    assert sorted(t["config"]["train.lr"] for t in trials) == sorted(TUNE["space"][METHOD]["train.lr"]["values"])
     early = [t for t in trials if t["stopped_early"]]
     assert early and all(t["steps"] < 20 for t in early), trials
     assert any(t["steps"] == 20 for t in trials)
@@ -108,3 +108,43 @@ def test_use_tuned_without_a_search_fails_clearly(tmp_path):
     assert res.returncode != 0
     assert f"results/tune/{METHOD}.json not found" in res.stdout + res.stderr
     assert "dvc repro tune/dvc.yaml" in res.stdout + res.stderr
+
+
+def test_gan_search_piggyback_filter_ratio_and_use_tuned(tmp_path):
+    """A GAN run through the same search: piggyback_gan's filter ratio, its objective measured on every
+    seen task with that task's own filters, and the train stage of gan-piggyback_gan picking it up."""
+    run_name = "gan-piggyback_gan"
+    stage = f"train_label@{run_name}-task0"
+    tune = dict(TUNE, method=run_name, steps_per_task=6, eval_every_steps=3, grace_period_steps=3, num_samples=2,
+                scheduler="fifo",
+                space={run_name: {"piggyback_gan.filter_ratio": {"type": "grid", "values": [0.25, 0.5]}}})
+    params = tiny_params(tune=tune)
+    params["scenarios"]["label"]["runs"] = [run_name]
+    repo = make_clone(tmp_path / "repo", params)
+    (repo / "tune").mkdir()
+    shutil.copy(REPO / "tune" / "dvc.yaml", repo / "tune" / "dvc.yaml")
+    dvc = str(BIN / "dvc")
+    run([dvc, "repro", "tune/dvc.yaml"], repo)
+
+    result = json.loads((repo / f"results/tune/{run_name}.json").read_text())
+    trials = result["trials"]
+    assert len(trials) == 2 and not any(t["error"] for t in trials), trials
+    assert sorted(t["config"]["piggyback_gan.filter_ratio"] for t in trials) == [0.25, 0.5]
+    assert all(t["steps"] == 6 and t["objective"] > 0 for t in trials), trials
+    best = result["best"]["config"]["piggyback_gan.filter_ratio"]
+
+    # Editing another method's space does not make this search stale.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tune"]["space"]["gan-lifelong_gan"] = {"lifelong_gan.beta": {"type": "uniform", "low": 0.5, "high": 2}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "tune/dvc.yaml:tune" not in _stale(repo)
+
+    params["train"]["use_tuned"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([dvc, "repro", stage], repo)
+    applied = json.loads((repo / "results/tune/applied.json").read_text())
+    assert applied["run"] == run_name and applied["config"] == result["best"]["config"]
+    receipt = json.loads((repo / f"results/receipts/label/{run_name}/task-1.json").read_text())
+    run_params = _client(repo).get_run(receipt["run_id"]).data.params
+    assert run_params["tuned"] == "True"
+    assert float(run_params["piggyback_gan.filter_ratio"]) == pytest.approx(best)

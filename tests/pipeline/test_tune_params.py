@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from pipeline.params import ParamsError, parse_params
+from pipeline.params import TUNABLE, ParamsError, parse_params, tune_run, with_values
 
 
 @pytest.fixture
@@ -21,7 +21,11 @@ def _error(raw) -> str:
 def test_repository_tune_section_is_valid(raw):
     p = parse_params(raw)
     assert p.tune.method == "generative_distillation" and p.train.use_tuned is False
-    assert set(p.tune.space) == {"distill.weight", "distill.replay_ddim_steps"}
+    assert set(p.tune.method_space) == {"distill.weight", "distill.replay_ddim_steps"}
+    # every GAN method with something to tune has a space ready: `-S tune.method=gan-lifelong_gan` just works
+    for method in ("gan-lifelong_gan", "gan-piggyback_gan", "generative_replay"):
+        raw["tune"]["method"] = method
+        assert parse_params(raw).tune.method_space
 
 
 @pytest.mark.parametrize(
@@ -41,21 +45,57 @@ def test_repository_tune_section_is_valid(raw):
          "does not use"),
         ({"distill.weight": {"type": "gaussian", "low": 0.1, "high": 10}}, None, "tune.space.distill.weight.type",
          "loguniform"),
-        ({}, None, "tune.space", "empty"),
+        ({}, None, "tune.space", "no search space"),
+        ({"lifelong_gan.beta": {"type": "loguniform", "low": 0.1, "high": 10}}, "gan-piggyback_gan",
+         "tune.space.lifelong_gan.beta", "does not use"),
+        ({"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}, "gan-lifelong_gan", "tune.space.train.lr",
+         "does not use"),  # GANs have their own lr: gan.lr
+        ({"piggyback_gan.filter_ratio": {"type": "uniform", "low": 0.1, "high": 1.5}}, "gan-piggyback_gan",
+         "tune.space.piggyback_gan.filter_ratio", "not allowed"),
         ({"train.lr": {"type": "grid", "values": [0.1, 0.2]}}, None, "tune.space.train.lr", "search_alg: random"),
     ],
 )
 def test_bad_space_names_the_key(raw, space, method, path, words):
-    raw["tune"]["space"] = space
-    if method:
-        raw["tune"]["method"] = method
+    method = method or raw["tune"]["method"]
+    raw["tune"].update(method=method, space={method: space})
     msg = _error(raw)
+    path = path.replace("tune.space", f"tune.space.{method}", 1) if path != "tune.space" else f"tune.space.{method}"
     assert f"{path}:" in msg and words in msg, msg
 
 
 def test_lr_is_tunable_for_every_method(raw):
-    raw["tune"].update(method="joint", space={"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}})
-    assert parse_params(raw).tune.method == "joint"
+    raw["tune"].update(method="joint", space={"joint": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}})
+    assert parse_params(raw).tune.run == "diffusion-joint"
+    raw["tune"].update(method="gan-joint", space={"gan-joint": {"gan.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}})
+    assert parse_params(raw).tune.run == "gan-joint"
+
+
+def test_method_names_and_untunable_runs(raw):
+    assert tune_run("generative_distillation") == "diffusion-generative_distillation"
+    assert tune_run("finetune") == "diffusion-finetune"  # the bare name is diffusion's
+    assert tune_run("lifelong_gan") == "gan-lifelong_gan"  # no diffusion method of that name
+    raw["tune"].update(method="gan-standalone", space={"gan-standalone": {"gan.lr": {"type": "uniform", "low": 1e-4,
+                                                                                      "high": 1e-3}}})
+    msg = _error(raw)
+    assert "tune.method:" in msg and "one model per task" in msg, msg
+    raw["tune"].update(method="gan-lifelong_gann")
+    assert "tune.method: unknown method 'gan-lifelong_gann'" in _error(raw)
+
+
+def test_another_methods_space_is_validated_too(raw):
+    raw["tune"]["space"]["gan-lifelong_gan"] = {"lifelong_gan.beta": {"type": "uniform", "low": 1, "high": 1}}
+    assert "tune.space.gan-lifelong_gan.lifelong_gan.beta: empty range" in _error(raw)
+
+
+def test_with_values_sets_each_key_with_its_type(raw):
+    p = parse_params(raw)
+    q = with_values(p, {"lifelong_gan.beta": 3, "distill.replay_ddim_steps": 5.0, "piggyback_gan.filter_ratio": 0.5})
+    assert q.lifelong_gan.beta == 3.0 and isinstance(q.distill.replay_ddim_steps, int)
+    assert q.distill.replay_ddim_steps == 5 and q.piggyback_gan.filter_ratio == 0.5
+    assert p.lifelong_gan.beta == raw["lifelong_gan"]["beta"]  # the original is untouched
+    with pytest.raises(ValueError, match="unknown tuned parameter"):
+        with_values(p, {"gan.beta": 1.0})
+    assert set(TUNABLE) >= {"lifelong_gan.beta", "piggyback_gan.filter_ratio", "gan.lr"}
 
 
 @pytest.mark.parametrize(
