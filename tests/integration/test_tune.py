@@ -115,7 +115,7 @@ def test_gan_search_piggyback_filter_ratio_and_use_tuned(tmp_path):
     seen task with that task's own filters, and the train stage of gan-piggyback_gan picking it up."""
     run_name = "gan-piggyback_gan"
     stage = f"train_label@{run_name}-task0"
-    tune = dict(TUNE, method=run_name, steps_per_task=6, eval_every_steps=3, grace_period_steps=3, num_samples=2,
+    tune = dict(TUNE, method=run_name, steps_per_task=6, eval_every_steps=3, grace_period_steps=3, num_samples=1,
                 scheduler="fifo",
                 space={run_name: {"piggyback_gan.filter_ratio": {"type": "grid", "values": [0.25, 0.5]}}})
     params = tiny_params(tune=tune)
