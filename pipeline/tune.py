@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from pipeline.layout import Layout, layout, read_json, run_stage, write_json
-from pipeline.params import TUNABLE, Params, TuneParams, load_params, split_run, with_values
+from pipeline.params import TUNABLE, Params, TuneParams, load_params, split_run, tune_run, with_values
 
 
 # --- paths and the `tuned` selection (cheap: no torch, no Ray) ---------------------------------
@@ -53,7 +53,8 @@ def apply_tuned(params: Params, scenario: str, run: str, lay: Layout) -> tuple[P
     if not params.train.use_tuned or scenario != "label":
         return params, {}
     applied = read_json(applied_path(lay), what="the tuned config (stage `tuned`)", fix="run `dvc repro tuned`")
-    if applied.get("run") != run:
+    # an applied.json written before GAN runs could be tuned names only a (diffusion) method
+    if applied.get("run", tune_run(applied.get("method", ""))) != run:
         return params, {}
     try:
         return with_values(params, applied["config"]), dict(applied["config"])
