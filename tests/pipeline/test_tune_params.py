@@ -117,3 +117,24 @@ def test_bad_tune_settings_name_the_key(raw, edit, path):
 def test_a_method_outside_methods_can_be_tuned(raw):
     raw["scenarios"]["label"]["runs"] = ["diffusion-finetune"]
     assert parse_params(raw).tune.method == "generative_distillation"
+
+
+def test_train_stage_applies_the_tuned_config_to_its_own_label_run_only(raw, tmp_path):
+    import json
+
+    from pipeline.layout import Layout
+    from pipeline.tune import applied_path, apply_tuned
+
+    raw["train"]["use_tuned"] = True
+    params, lay = parse_params(raw), Layout(tmp_path)
+    applied_path(lay).parent.mkdir(parents=True)
+    applied_path(lay).write_text(json.dumps({"method": "lifelong_gan", "run": "gan-lifelong_gan",
+                                             "config": {"lifelong_gan.beta": 4.0}}))
+    tuned, values = apply_tuned(params, "label", "gan-lifelong_gan", lay)
+    assert tuned.lifelong_gan.beta == 4.0 and values == {"lifelong_gan.beta": 4.0}
+    for scenario, run in (("image", "gan-lifelong_gan"), ("label", "gan-finetune")):
+        assert apply_tuned(params, scenario, run, lay) == (params, {})
+    # written before GAN runs could be tuned: a bare diffusion method name
+    applied_path(lay).write_text(json.dumps({"method": "generative_distillation", "config": {"distill.weight": 3}}))
+    tuned, _ = apply_tuned(params, "label", "diffusion-generative_distillation", lay)
+    assert tuned.distill.weight == 3.0
