@@ -24,11 +24,14 @@ def _registered(repo, name: str, version: str):
 
     from lifelong.training import load_model_file
 
-    # Not mlflow.set_tracking_uri: it also exports MLFLOW_TRACKING_URI, which every later stage
-    # subprocess of the test session would inherit and write into this repository's database.
-    uri = f"sqlite:///{repo / 'mlflow.db'}"
-    path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(repo / "dl" / version),
-                                               tracking_uri=uri, registry_uri=uri)
+    # models:/ URIs resolve through the global tracking URI (download_artifacts' tracking_uri= does not
+    # reach the registry lookup), and set_tracking_uri also exports MLFLOW_TRACKING_URI, which later
+    # stage subprocesses would inherit: set it for the download only.
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    try:
+        path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(repo / "dl" / version))
+    finally:
+        mlflow.set_tracking_uri(None)  # back to the default; unsets MLFLOW_TRACKING_URI
     return load_model_file(f"{path}/model.pt").eval()
 
 
