@@ -41,15 +41,19 @@ def tiny_params(**overrides) -> dict:
     return p
 
 
-def run(cmd: list[str], cwd: Path, *, check: bool = True, timeout: int = 900, env: dict | None = None):
+def stage_env(env: dict | None = None) -> dict:
+    """The environment a stage subprocess gets: this venv first on PATH, telemetry off, and no
+    RAY_ADDRESS, MLFLOW_TRACKING_URI or MLFLOW_REGISTRY_URI from outside unless `env` sets them
+    (each clone has its own local cluster and its own mlflow.db)."""
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
-                **(env or {})}
-    full_env.pop("RAY_ADDRESS", None) if env is None or "RAY_ADDRESS" not in env else None
-    full_env.pop("DVC_ROOT", None)
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # each clone uses its own mlflow.db
-        if env is None or key not in env:
-            full_env.pop(key, None)
+                "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT"):
+        full_env.pop(key, None)
+    return {**full_env, **(env or {})}
+
+
+def run(cmd: list[str], cwd: Path, *, check: bool = True, timeout: int = 900, env: dict | None = None):
+    full_env = stage_env(env)
     res = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")

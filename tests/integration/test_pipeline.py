@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from tests.integration.conftest import BIN, run, tiny_params
+from tests.integration.conftest import BIN, run, stage_env, tiny_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -99,10 +99,7 @@ def test_interrupted_task_resumes_from_its_last_checkpoint(clone):
     if "tune" in params:
         params["tune"]["tasks"] = 1
     repo = clone(params)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        env.pop(key, None)
-    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env, start_new_session=True,
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=stage_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 600
     ckpt = None
