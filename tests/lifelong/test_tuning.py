@@ -3,21 +3,12 @@
 import pytest
 import torch
 
-from lifelong.evaluation import ClassifierConfig, quality, save_classifier, train_classifier
+from lifelong.evaluation import quality
 from lifelong.evaluation.generate import gan_generate_per_class
 from lifelong.models import build_gan_nets, piggyback
 from lifelong.models.gan import GANConfig
 from lifelong.tuning import combine, measure
 from tests.lifelong.evaluation._eval_synthetic import two_squares
-
-
-@pytest.fixture(scope="module")
-def classifier_path(tmp_path_factory):
-    cfg = ClassifierConfig(num_classes=2, channels=(8, 16), feature_dim=32)
-    x, y = two_squares(128, seed=0)
-    path = tmp_path_factory.mktemp("clf") / "classifier.pt"
-    save_classifier(train_classifier(x, y, cfg, epochs=1, batch_size=64, seed=0), cfg, path)
-    return str(path)
 
 
 def _spec(classifier_path, **kw):

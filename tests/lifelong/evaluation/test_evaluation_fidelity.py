@@ -5,25 +5,9 @@ import sys
 
 import pytest
 
-from lifelong.evaluation import (
-    ClassifierConfig,
-    accuracy,
-    load_classifier,
-    quality,
-    save_classifier,
-    train_classifier,
-)
+from lifelong.evaluation import accuracy, load_classifier, quality
 
 from tests.lifelong.evaluation._eval_synthetic import two_squares
-
-
-@pytest.fixture(scope="module")
-def classifier_path(tmp_path_factory):
-    cfg = ClassifierConfig(num_classes=2, channels=(8, 16), feature_dim=32)
-    x, y = two_squares(256, seed=0)
-    path = tmp_path_factory.mktemp("clf") / "classifier.pt"
-    save_classifier(train_classifier(x, y, cfg, epochs=3, batch_size=64, seed=0), cfg, path)
-    return str(path)
 
 
 def test_fid_kid_acc(classifier_path):
