@@ -7,7 +7,6 @@ so nothing is downloaded) and the judge of generated labels. Registered in MLflo
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np

@@ -1,29 +1,29 @@
 """`lifelong`: the few commands a user needs around `dvc repro`.
 
-    lifelong repro [DVC ARGS]   dvc repro, with one Ray cluster kept up for all stages when they need one
-    lifelong ui [--port N]      the MLflow UI on 127.0.0.1 over this repository's mlflow.db
-    lifelong check              validate params.yaml (every error names its key path)
-    lifelong chain              print the task_chain entries params.yaml needs for its scenarios' tasks
+    lifelong repro [-j N] [DVC ARGS]   dvc repro: shared stages, then up to N run chains at once, then the report
+    lifelong ui [--port N]             the MLflow UI on 127.0.0.1 over this repository's mlflow.db
+    lifelong check                     validate params.yaml (every error names its key path)
+    lifelong plan                      write pipeline/stages.yaml (the train stages) for params.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
-import yaml
+from pipeline.params import ParamsError, Params, load_params, repo_root
+from pipeline.plan import PLAN_FILE, write_plan
+from pipeline.task import TELEMETRY_OFF, connect_ray, ray_address, use_local_mode
 
-from pipeline.params import ParamsError, Params, chain_for, load_params, repo_root
-
-TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
-
-
-def needs_cluster(params: Params) -> bool:
-    from pipeline.train import use_local_mode
-
-    return not use_local_mode(params)
+# Stages every run chain needs; `lifelong repro -j N` runs them once, before the chains.
+SHARED_STAGES = ("check", "prepare", "prepare_image", "classifier", "tuned")
+STOP_GRACE_S = 5.0  # after SIGTERM, how long a stage may take to exit before it is killed
 
 
 def _dvc() -> str:
@@ -31,54 +31,158 @@ def _dvc() -> str:
     return exe if os.path.exists(exe) else "dvc"
 
 
-def start_stage_server(env: dict) -> tuple[subprocess.Popen, str]:
-    """The warm fork server (pipeline/stageserver.py): stages skip ~15 s of imports each."""
-    import tempfile
+class Stop(Exception):
+    """SIGINT, SIGTERM or SIGHUP reached `lifelong repro`."""
 
-    from pipeline.stageserver import ENV_VAR
-
-    folder = tempfile.mkdtemp(prefix="lifelong-stages-")  # 0700: only this user can connect
-    path = os.path.join(folder, "stages.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stageserver", "--socket", path], env=env,
-                            cwd=repo_root())
-    env[ENV_VAR] = path
-    return proc, folder
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-def repro(dvc_args: list[str], *, stage_server: bool = True) -> int:
-    import shutil
+class Session:
+    """Everything one `lifelong repro` starts, and the one place that stops it.
 
-    params = load_params()  # fail in a second on a bad params.yaml, before any cluster starts
-    env = {**os.environ, **TELEMETRY_OFF}
-    # dvc.yaml's `python -m pipeline...` must be this environment's python, activated or not.
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    started = False
-    if needs_cluster(params) and not (params.ray.address or os.environ.get("RAY_ADDRESS")):
+    Each child (the stage server, every `dvc repro`) runs in its own process group, so a Ctrl-C at
+    the terminal reaches only this process, which then stops them in order: the dvc process groups
+    (dvc, its shell, the stage clients, any cold stage), then the stage server (which stops the
+    stages it forked), each SIGTERM first and SIGKILL after STOP_GRACE_S; then the Ray cluster it
+    started. Nothing keeps training after `lifelong repro` returns.
+    """
+
+    def __init__(self, env: dict) -> None:
+        self.env = env
+        self.dvc_procs: list[subprocess.Popen] = []
+        self.server: subprocess.Popen | None = None
+        self.server_dir: str | None = None
+        self.ray_started = False
+
+    def start_ray(self, params: Params) -> None:
         # Starting a local Ray cluster costs ~15 s; pay it once here, not once per train stage.
-        # It lives as long as this process: stages attach through RAY_ADDRESS.
-        import ray
+        self.env["RAY_ADDRESS"] = connect_ray(params)
+        self.ray_started = True
+        print(f"[lifelong] Ray cluster for this run at {self.env['RAY_ADDRESS']}", flush=True)
 
-        # The dashboard serves the State API that TorchTrainer.fit() polls; it binds 127.0.0.1.
-        ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
-                       runtime_env={"env_vars": dict(TELEMETRY_OFF)})
-        env["RAY_ADDRESS"] = ctx.address_info["gcs_address"]
-        env.setdefault("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", ""))
-        started = True
-        print(f"[lifelong] Ray cluster for this run at {env['RAY_ADDRESS']}", flush=True)
-    server = None
-    if stage_server:
-        server, folder = start_stage_server(env)
-    try:
-        return subprocess.call([_dvc(), "repro", *dvc_args], env=env, cwd=repo_root())
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait()
-            shutil.rmtree(folder, ignore_errors=True)
-        if started:
+    def start_stage_server(self) -> None:
+        """The warm fork server (pipeline/stageserver.py): stages skip ~15 s of imports each."""
+        from pipeline.stageserver import ENV_VAR
+
+        self.server_dir = tempfile.mkdtemp(prefix="lifelong-stages-")  # 0700: only this user can connect
+        path = os.path.join(self.server_dir, "stages.sock")
+        self.server = subprocess.Popen([sys.executable, "-m", "pipeline.stageserver", "--socket", path],
+                                       env=self.env, cwd=repo_root(), start_new_session=True)
+        self.env[ENV_VAR] = path
+
+    def dvc(self, args: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen([_dvc(), "--wait-for-lock", *args], env=self.env, cwd=repo_root(),
+                                start_new_session=True)
+        self.dvc_procs.append(proc)
+        return proc
+
+    def run(self, args: list[str]) -> int:
+        return self.dvc(args).wait()
+
+    def run_parallel(self, commands: list[list[str]], jobs: int) -> int:
+        """Each command as its own `dvc`, at most `jobs` at once; the first failure stops new starts."""
+        pending, running, code = list(commands), [], 0
+        while pending or running:
+            while pending and len(running) < jobs and code == 0:
+                running.append(self.dvc(pending.pop(0)))
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                running.remove(proc)
+                code = code or proc.returncode
+            if code and not running:
+                break
+        return code
+
+    def stop(self) -> None:
+        alive = [p for p in self.dvc_procs if p.poll() is None]
+        if self.server is not None and self.server.poll() is None:
+            alive.append(self.server)
+        for proc in alive:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.time() + STOP_GRACE_S
+        for proc in alive:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        if self.server_dir:
+            shutil.rmtree(self.server_dir, ignore_errors=True)
+        if self.ray_started:
             import ray
 
             ray.shutdown()
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _raise_stop(signum, _frame):
+    raise Stop(signum)
+
+
+def default_jobs(params: Params) -> int:
+    """How many run chains the machine (or the cluster) holds at once: one per CPU in Ray Train's local
+    mode; else as many as the cluster's CPUs (or GPUs) fit train.num_workers workers each."""
+    cpus = os.cpu_count() or 1
+    if use_local_mode(params):
+        return cpus
+    import ray
+
+    total = ray.cluster_resources() if ray.is_initialized() else {"CPU": cpus}
+    t = params.train
+    if t.use_gpu:
+        return max(1, int(total.get("GPU", 0) // t.num_workers))
+    return max(1, int(total.get("CPU", cpus) // (t.num_workers * t.cpus_per_worker)))
+
+
+def repro(dvc_args: list[str], *, jobs: int | None = None, stage_server: bool = True) -> int:
+    params = load_params()  # fail in a second on a bad params.yaml, before any cluster starts
+    if write_plan(params, repo_root()):
+        print(f"[lifelong] {PLAN_FILE}: train stages for the tasks and runs of params.yaml", flush=True)
+    env = {**os.environ, **TELEMETRY_OFF}
+    # dvc.yaml's `python -m pipeline...` must be this environment's python, activated or not.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    session = Session(env)
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        if not use_local_mode(params) and not ray_address(params):
+            session.start_ray(params)
+        if stage_server:
+            session.start_stage_server()
+        jobs = jobs or default_jobs(params)
+        chains = [f"evaluate_{scenario}@{run}" for scenario, run in params.runs()]
+        if jobs == 1 or dvc_args or len(chains) < 2:
+            return session.run(["repro", *dvc_args])  # DVC's own order, one stage at a time
+        # Chains share nothing but these stages: run them once, then the chains side by side, each
+        # chain's train stages and evaluation in one `dvc repro`; the torch threads of the machine
+        # are split between them. The last `dvc repro` runs the report (and checks all is done).
+        code = session.run(["repro", *SHARED_STAGES])
+        if code:
+            return code
+        print(f"[lifelong] {len(chains)} run chains, up to {jobs} at once (-j 1: one stage at a time)", flush=True)
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        saved = {k: env.get(k) for k in ("LIFELONG_TORCH_THREADS", "OMP_NUM_THREADS")}
+        env.update(LIFELONG_TORCH_THREADS=threads, OMP_NUM_THREADS=threads)
+        code = session.run_parallel([["repro", chain] for chain in chains], jobs)
+        env.update({k: v for k, v in saved.items() if v is not None})
+        for k in (k for k, v in saved.items() if v is None):
+            env.pop(k)
+        return code or session.run(["repro"])
+    except Stop as stop:
+        print(f"\n[lifelong] {stop}: stopping every stage; the next `lifelong repro` resumes from the last "
+              "checkpoint", file=sys.stderr, flush=True)
+        return 128 + stop.signum
+    finally:
+        session.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def ui(port: int) -> int:
@@ -91,44 +195,36 @@ def ui(port: int) -> int:
     return subprocess.call(cmd, env={**os.environ, **TELEMETRY_OFF})
 
 
-def chain() -> int:
-    """The scenarios.<name>.task_chain blocks for the tasks params.yaml lists (works on an invalid file)."""
-    with open(repo_root() / "params.yaml") as f:
-        raw = yaml.safe_load(f) or {}
-    counts = {
-        "label": len((raw.get("data") or {}).get("tasks") or Params.model_fields["data"].default.tasks),
-        "image": len((raw.get("image_data") or {}).get("tasks") or Params.model_fields["image_data"].default.tasks),
-    }
-    out = {"scenarios": {sc: {"task_chain": chain_for(n)} for sc, n in counts.items()}}
-    print("# paste under each scenario (keep its runs)", flush=True)
-    print(yaml.safe_dump(out, default_flow_style=None, sort_keys=False), end="")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="lifelong", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p_repro = sub.add_parser("repro", help="dvc repro with a shared Ray cluster (extra args go to dvc repro)")
+    p_repro = sub.add_parser("repro", help="dvc repro, run chains side by side (extra args go to dvc repro)")
+    p_repro.add_argument("-j", "--jobs", type=int, default=None,
+                         help="run chains at once (default: what the machine or cluster holds; 1: DVC's order)")
     p_repro.add_argument("--no-stage-server", action="store_true",
                          help="run every stage as its own cold process (slower; for debugging)")
     p_ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1")
     p_ui.add_argument("--port", type=int, default=5000)
     sub.add_parser("check", help="validate params.yaml")
-    sub.add_parser("chain", help="print each scenario's task_chain for its tasks")
+    sub.add_parser("plan", help=f"write {PLAN_FILE}, the train stages of params.yaml's tasks and runs")
     args, rest = ap.parse_known_args(argv)
     try:
         if args.cmd == "repro":
-            return repro(rest, stage_server=not args.no_stage_server)
+            if args.jobs is not None and args.jobs < 1:
+                ap.error("-j must be >= 1")
+            return repro(rest, jobs=args.jobs, stage_server=not args.no_stage_server)
         if rest:
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.cmd == "ui":
             return ui(args.port)
-        if args.cmd == "check":
-            load_params()
-            print("params.yaml is valid")
+        params = load_params()
+        if args.cmd == "plan":
+            changed = write_plan(params, repo_root())
+            print(f"{PLAN_FILE} {'written' if changed else 'is up to date'}")
             return 0
-        return chain()
+        print("params.yaml is valid")
+        return 0
     except ParamsError as err:
         print(err, file=sys.stderr)
         return 2

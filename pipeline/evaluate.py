@@ -7,8 +7,9 @@ generates task j:
 - image scenario: G(A, z) for every test condition A of task j, against the real targets B, plus
   the mean L1 distance to B.
 FID/KID use the same offline feature extractor everywhere; acc is the classifier's on the samples.
-Which weights generate task j after task k: the task-k model, except for `standalone` (task j's own
-model: one model per task) and `piggyback_gan` (the task-k model switched to task j's filters).
+Which weights generate task j after task k is the method's (lifelong.catalog `old_task_weights`): the
+task-k model, task j's own model (standalone), or the task-k model switched to task j's filters
+(piggyback_gan); `lifelong.evaluation.weights_for_task` picks them.
 Row k of every matrix is logged to task k's MLflow run; the forgetting summary is set as tags on the
 last task's model version.
 """
@@ -22,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.layout import run_stage, layout, read_json, write_json
-from pipeline.params import load_params, split_run
+from lifelong.catalog import run_spec
+from pipeline.layout import layout, read_json, run_stage, write_json
+from pipeline.params import load_params
 from pipeline.registry import download_model_version, setup_mlflow
+from pipeline.train import stage_name
 
 MATRIX_KEYS = ("fid", "kid", "acc")
 IMAGE_MATRIX_KEYS = MATRIX_KEYS + ("l1",)
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow import MlflowClient
 
     from lifelong.data import read_all, read_all_pairs, task_shard_paths, verify_shards
-    from lifelong.evaluation import quality
+    from lifelong.evaluation import quality, weights_for_task
     from lifelong.models import load_model, model_config
 
     params = load_params()
@@ -49,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = getattr(params.scenarios, scenario).runs
     if run not in runs:
         raise SystemExit(f"--run {run!r} is not in params.yaml scenarios.{scenario}.runs {runs}")
-    family, method = split_run(run)
+    spec = run_spec(run)
+    family, method = spec.family, spec.name
     T = params.num_tasks_of(scenario)
     if not lay.classifier.exists():
         raise SystemExit(f"{lay.classifier} not found; run `dvc repro classifier` first")
-    experiment_id = setup_mlflow(params, lay)
+    setup_mlflow(params, lay)
     client = MlflowClient()
     device = torch.device("cuda" if params.train.use_gpu and torch.cuda.is_available() else "cpu")
     shard_dir = lay.scenario_shards(scenario)
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = task_shard_paths(shard_dir, j, "test")
         real[j] = read_all(paths) if scenario == "label" else read_all_pairs(paths)
 
-    stage_of = lambda k: f"train_{scenario}@{run}-task{k - 1}"  # noqa: E731
+    stage_of = lambda k: stage_name(scenario, run, k)  # noqa: E731
     receipts = [read_json(lay.receipt(scenario, run, k), what=f"receipt of {scenario}/{run} task {k}",
                           fix=f"run `dvc repro {stage_of(k)}`") for k in range(1, T + 1)]
     keys = MATRIX_KEYS if scenario == "label" else IMAGE_MATRIX_KEYS
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             models[k] = load_model(state).to(device).eval()
             row = {}
             for j in range(1, k + 1):
-                net = generator_for(method, models, k, j)
+                net = weights_for_task(spec.old_task_weights, models, k, j)
                 images, labels, extra = generate_task(params, scenario, family, net, cfg, j, real[j], device)
                 q = quality(images, labels, real[j][0] if scenario == "label" else real[j][1],
                             classifier_path=str(lay.classifier), feature_extractor=params.eval.feature_extractor,
@@ -97,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 mlflow.log_metrics(row, step=k)
             print(f"[evaluate] {scenario}/{run} after task {k}: FID " +
                   " ".join(f"{matrix['fid'][k - 1][j]:.1f}" for j in range(k)), flush=True)
-            if method != "standalone":
-                models = {k: models[k]}  # only standalone needs the earlier tasks' models again
+            if spec.old_task_weights != "own_model":
+                models = {k: models[k]}  # only a model per task (standalone) needs the earlier ones again
 
     summary = summarize(matrix)
     last = receipts[-1]
@@ -110,25 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "scenario": scenario, "run": run, "family": family, "method": method, "matrix": matrix, **summary,
         "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in receipts)),
-        **parameter_counts(method, models[T], T),
+        **parameter_counts(spec.old_task_weights == "own_model", models[T], T),
         "feature_extractor": params.eval.feature_extractor, "eval_seconds": time.time() - t0,
         "versions": [r["version"] for r in receipts], "model_name": last["model_name"],
     }
     write_json(lay.eval_result(scenario, run), out)
     np.savez_compressed(lay.eval_samples(scenario, run), **samples)
     return 0
-
-
-def generator_for(method: str, models: dict, k: int, j: int):
-    """The weights that generate task j after task k (see the module docstring)."""
-    if method == "standalone":
-        return models[j]
-    net = models[k]
-    if method == "piggyback_gan":
-        from lifelong.models import piggyback
-
-        piggyback.set_task(net["G"], j)  # rebuilds task j's filters from U_j, M_j and the bank F_j
-    return net
 
 
 def generate_task(params, scenario: str, family: str, net, cfg, j: int, real_j, device):
@@ -160,7 +152,7 @@ def grid_samples(scenario: str, j: int, images, labels, real_j, n: int = 8) -> d
     return {f"class_{c}": images[labels == c][:n] for c in np.unique(labels)}
 
 
-def parameter_counts(method: str, final_model, num_tasks: int) -> dict:
+def parameter_counts(model_per_task: bool, final_model, num_tasks: int) -> dict:
     """`params`: what serving every task takes after the last one; `params_standalone`: T separate models.
 
     Generator only for GANs (E and D are training aids); the whole network for diffusion.
@@ -173,7 +165,7 @@ def parameter_counts(method: str, final_model, num_tasks: int) -> dict:
         single = piggyback.task_parameter_count(net, 1)
         return {"params": int(piggyback.total_parameter_count(net)), "params_standalone": int(num_tasks * single)}
     single = int(sum(p.numel() for p in net.parameters()))
-    total = num_tasks * single if method == "standalone" else single
+    total = num_tasks * single if model_per_task else single
     return {"params": total, "params_standalone": num_tasks * single}
 
 

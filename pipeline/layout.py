@@ -41,6 +41,13 @@ class Layout:
         return self.root / "results" / "receipts" / scenario / run / f"task-{task}.json"
 
     @property
+    def checked(self) -> Path:  # the `check` stage's output, which every other stage depends on
+        return self.root / "results" / "checked.json"
+
+    def applied(self, run: str) -> Path:  # the tuned values a label run's train stages apply ({}: none)
+        return self.root / "results" / "tune" / "applied" / f"{run}.json"
+
+    @property
     def classifier(self) -> Path:
         return self.root / "models" / "classifier.pt"
 
@@ -118,6 +125,11 @@ def run_stage(main) -> None:
     if spec is not None:
         maybe_forward(spec.name)  # exits here when `lifelong repro`'s warm stage server ran the stage
 
+    threads = os.environ.get("LIFELONG_TORCH_THREADS")
+    if threads and "torch" in sys.modules:
+        # `lifelong repro -j N` splits the cores between the chains it runs at once; OMP_NUM_THREADS
+        # does that for a cold stage, this for one forked from the warm stage server (torch is loaded)
+        sys.modules["torch"].set_num_threads(int(threads))
     user_errors: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, LookupError)
     try:
         from lifelong.data import DataSourceError, ShardError

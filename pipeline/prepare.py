@@ -10,7 +10,6 @@ k re-runs only task k and later.
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 

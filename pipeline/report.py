@@ -8,7 +8,6 @@ and matrix.l1.
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 

@@ -1,7 +1,7 @@
 """Stage `tune` (tune/dvc.yaml): a Ray Tune search over one method's hyperparameters; and stage `tuned`.
 
     python -m pipeline.tune             # the search: results/tune/<method>.json and .png
-    python -m pipeline.tune --select    # stage `tuned`: results/tune/applied.json for the train stages
+    python -m pipeline.tune --select    # stage `tuned`: results/tune/applied/<run>.json for the train stages
 
 Each trial is a Tune function trainable (the "driver") that runs the real training loop through
 Ray Train, one `TorchTrainer` per task of the tuned prefix (tune.tasks), with `train.num_workers`
@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import time
 from pathlib import Path
 
+from lifelong.catalog import run_spec
 from pipeline.layout import Layout, layout, read_json, run_stage, write_json
-from pipeline.params import TUNABLE, Params, TuneParams, load_params, split_run, tune_run, with_values
+from pipeline.params import TUNABLE, Params, TuneParams, load_params, with_values
+from pipeline.task import budget, connect_ray, fit, model_config
 
 
 # --- paths and the `tuned` selection (cheap: no torch, no Ray) ---------------------------------
@@ -31,35 +32,28 @@ def result_path(lay: Layout, method: str) -> Path:
     return lay.root / "results" / "tune" / f"{method}.json"
 
 
-def applied_path(lay: Layout) -> Path:
-    return lay.root / "results" / "tune" / "applied.json"
+def select(params: Params, lay: Layout) -> dict[str, dict]:
+    """What each label run's train stages apply: {} for every run, except tune.method's run under
+    train.use_tuned, which gets the search's best config."""
+    applied: dict[str, dict] = {run: {} for run in params.scenarios.label.runs}
+    if params.train.use_tuned:
+        method = params.tune.method
+        result = read_json(result_path(lay, method), what=f"the search result for {method}",
+                           fix=f"run `dvc repro tune/dvc.yaml` (tune.method: {method}) first, or set "
+                               "train.use_tuned: false")
+        applied[params.tune.run] = {"method": method, "run": params.tune.run, "config": result["best"]["config"],
+                                    "objective": result["best"]["objective"]}
+    return applied
 
 
-def select(params: Params, lay: Layout) -> dict:
-    """What the train stages apply: {} unless train.use_tuned, else the best config of tune.method."""
-    if not params.train.use_tuned:
-        return {}
-    method = params.tune.method
-    path = result_path(lay, method)
-    result = read_json(path, what=f"the search result for {method}",
-                       fix=f"run `dvc repro tune/dvc.yaml` (tune.method: {method}) first, or set train.use_tuned: false")
-    return {"method": method, "run": params.tune.run, "config": result["best"]["config"],
-            "objective": result["best"]["objective"]}
-
-
-def apply_tuned(params: Params, scenario: str, run: str, lay: Layout) -> tuple[Params, dict]:
-    """For the train stage of (scenario, run): params with the tuned values applied, and those values
-    ({} if none). The search trains on the label scenario, so only label runs take its values."""
-    if not params.train.use_tuned or scenario != "label":
-        return params, {}
-    applied = read_json(applied_path(lay), what="the tuned config (stage `tuned`)", fix="run `dvc repro tuned`")
-    # an applied.json written before GAN runs could be tuned names only a (diffusion) method
-    if applied.get("run", tune_run(applied.get("method", ""))) != run:
-        return params, {}
-    try:
-        return with_values(params, applied["config"]), dict(applied["config"])
-    except ValueError as err:
-        raise ValueError(f"{applied_path(lay)}: {err}; re-run the search") from None
+def write_applied(params: Params, lay: Layout) -> None:
+    """The `tuned` stage's output: results/tune/applied/<run>.json per label run. Unchanged files are
+    left untouched, so only the tuned run's train stages see a changed dependency."""
+    for run, values in select(params, lay).items():
+        write_json(lay.applied(run), values)
+    for stale in lay.applied("x").parent.glob("*.json"):
+        if stale.stem not in params.scenarios.label.runs:
+            stale.unlink()
 
 
 # --- the search space --------------------------------------------------------------------------
@@ -96,19 +90,15 @@ def flatten(config: dict) -> dict:
 
 def trial(config: dict, ctx: dict) -> None:
     """Train tasks 1..T of the prefix with this trial's values; the last task reports the objective."""
-    import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lifelong.training import TaskTrainConfig, train_loop_per_worker
-
-    from pipeline.train import budget
+    from lifelong.training import TaskTrainConfig
 
     trial_id = ray.tune.get_context().get_trial_id()
+    params = with_values(ctx["params"], flatten(config))
     # the train stage's own budget and method options, with this trial's values and the search's steps
-    hyper = dict(budget(with_values(ctx["params"], flatten(config)), ctx["family"], ctx["method"]),
-                 steps=ctx["steps"])
+    hyper = dict(budget(params, ctx["run"]), steps=ctx["steps"])
     T = len(ctx["tasks"])
     trial_dir = Path(ctx["trial_root"]) / trial_id
     init_state, history = None, []  # history[i][j]: FID of task j+1 after task i+1 (weighted objective)
@@ -125,27 +115,16 @@ def trial(config: dict, ctx: dict) -> None:
             method=ctx["method"], family=ctx["family"], model_config=ctx["model_config"], task_index=k,
             task_classes=ctx["tasks"][k - 1], previous_classes=[c for classes in ctx["tasks"][: k - 1] for c in classes],
             shards=ctx["train_shards"][k - 1], checkpoint_dir=str(trial_dir / f"task-{k}"), init_state=init_state,
-            grad_clip=ctx["grad_clip"], **hyper,
+            grad_clip=params.train.grad_clip, **hyper,
             checkpoint_every=ctx["steps"],  # no step files: a stopped trial is discarded, not resumed
-            log_every=ctx["eval_every"] if last else ctx["steps"], seed=ctx["seed"], use_gpu=ctx["use_gpu"],
-            loader_workers=ctx["loader_workers"], objective=spec,
+            log_every=ctx["eval_every"] if last else ctx["steps"], seed=params.seed, use_gpu=params.train.use_gpu,
+            loader_workers=params.train.loader_workers, objective=spec,
             extra={"tune_trial": trial_id},
         )
         # Real Train workers even for one CPU worker: local mode (num_workers=0) never calls
         # RunConfig callbacks, so TuneReportCallback would see nothing.
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=cfg.to_dict(),
-            scaling_config=ray.train.ScalingConfig(num_workers=ctx["num_workers"], use_gpu=ctx["use_gpu"]),
-            run_config=ray.train.RunConfig(
-                name=f"tune-{trial_id}-task{k}", storage_path=ctx["train_storage"],
-                failure_config=ray.train.FailureConfig(max_failures=ctx["max_failures"]),
-                callbacks=[TuneReportCallback()] if last else [],
-            ),
-        )
-        result = trainer.fit()
-        if result.error:
-            raise result.error
+        result = fit(cfg.to_dict(), params, name=f"tune-{trial_id}-task{k}", storage_path=ctx["train_storage"],
+                     num_workers=params.train.num_workers, callbacks=[TuneReportCallback()] if last else [])
         if spec is not None and not last:
             history.append([result.metrics[f"fid_task{j}"] for j in range(1, k + 1)])
         init_state = str(Path(cfg.checkpoint_dir) / "final.pt")
@@ -154,25 +133,20 @@ def trial(config: dict, ctx: dict) -> None:
 def trial_context(params: Params, lay: Layout, trial_root: Path, train_storage: Path) -> dict:
     """Everything a trial needs, as plain data with absolute paths (Ray actors change directory)."""
     from lifelong.data import task_shard_paths, verify_shards
-    from lifelong.methods import method_class
-    from pipeline.train import model_config
 
     tp = params.tune
-    family, method = split_run(tp.run)
+    spec = run_spec(tp.run)
     T = tp.tasks
     for t in range(1, T + 1):
         verify_shards(lay.shards, task=t)
-    all_seen = method_class(family, method).uses_all_seen_data
-    train_shards = [[str(p) for t in (range(1, k + 1) if all_seen else [k])
+    train_shards = [[str(p) for t in (range(1, k + 1) if spec.trains_on_seen_tasks else [k])
                      for p in task_shard_paths(lay.shards, t, "train")] for k in range(1, T + 1)]
     return {
-        "params": params, "family": family, "method": method, "model_config": model_config(params, "label", family),
+        "params": params, "run": tp.run, "family": spec.family, "method": spec.name,
+        "model_config": model_config(params, "label", spec.family),
         "tasks": params.data.tasks[:T], "train_shards": train_shards,
         "real_shards": [[str(p) for p in task_shard_paths(lay.shards, t, "test")] for t in range(1, T + 1)],
-        "steps": tp.steps_per_task, "eval_every": tp.eval_every_steps, "grad_clip": params.train.grad_clip,
-        "seed": params.seed,
-        "use_gpu": params.train.use_gpu, "num_workers": params.train.num_workers,
-        "loader_workers": params.train.loader_workers, "max_failures": params.train.max_failures,
+        "steps": tp.steps_per_task, "eval_every": tp.eval_every_steps,
         "trial_root": str(trial_root), "train_storage": str(train_storage),
         "objective": {
             "kind": tp.objective, "alpha": tp.objective_alpha, "classifier": str(lay.classifier),
@@ -183,20 +157,6 @@ def trial_context(params: Params, lay: Layout, trial_root: Path, train_storage: 
 
 
 # --- the search ---------------------------------------------------------------------------------
-
-def init_ray(params: Params) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {k: v for k, v in os.environ.items() if k.startswith("LIFELONG_")}
-    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_CHDIR_TO_TRIAL_DIR="0")
-    address = params.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
-    else:  # a fresh local cluster ("local": never attach to another one); TorchTrainer.fit needs the dashboard
-        ray.init(address="local", runtime_env={"env_vars": env}, include_dashboard=True, dashboard_host="127.0.0.1")
-
 
 def run_search(params: Params, ctx: dict, storage: Path):
     from functools import partial
@@ -335,12 +295,12 @@ def plot(path: Path, rows: list[dict], tune_params: TuneParams, best: dict) -> N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--select", action="store_true", help="stage `tuned`: write results/tune/applied.json")
+    ap.add_argument("--select", action="store_true", help="stage `tuned`: write results/tune/applied/<run>.json")
     args = ap.parse_args(argv)
     params = load_params()
     lay = layout()
     if args.select:
-        write_json(applied_path(lay), select(params, lay))
+        write_applied(params, lay)
         return 0
 
     t0 = time.time()
@@ -357,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.registry import setup_mlflow
 
     setup_mlflow(params, lay)  # create/upgrade the DB once, before anything runs (fails fast on a bad URI)
-    init_ray(params)
+    connect_ray(params, RAY_CHDIR_TO_TRIAL_DIR="0")
     grid = run_search(params, ctx, search_root)
     seconds = time.time() - t0
     rows = trial_table(grid, tp)
@@ -377,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(path, out)
     plot(path.with_suffix(".png"), rows, tp, best)
     # DVC cannot know that `tuned` reads this file (declaring it would pull the search into every
-    # `dvc repro`): when it is in use, refresh applied.json so DVC sees `tuned` and the train stages as changed.
+    # `dvc repro`): when it is in use, refresh the tuned run's file so DVC sees its train stages as changed.
     if params.train.use_tuned:
-        write_json(applied_path(lay), select(params, lay))
+        write_applied(params, lay)
     stopped = sum(r["stopped_early"] for r in rows)
     print(f"[tune] {tp.method}: {len(rows)} trials ({stopped} stopped early), best objective "
           f"{best['objective']:.3f} with {best['config']} ({best['trial_id']}); {seconds:.0f}s", flush=True)

@@ -13,7 +13,7 @@ from lifelong.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
-from lifelong.evaluation.generate import generate_per_class
+from lifelong.evaluation.generate import generate_per_class, weights_for_task
 from lifelong.evaluation.fidelity import FEATURE_EXTRACTORS, inception_weights_path, quality
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "load_classifier",
     "quality",
     "generate_per_class",
+    "weights_for_task",
     "inception_weights_path",
     "FEATURE_EXTRACTORS",
     "LifelongCNNExtractor",

@@ -49,3 +49,20 @@ def gan_translate(nets, conditions: np.ndarray, *, seed: int, batch_size: int = 
     """Image-conditioned GAN: G(A, z), one random z per condition image A (uint8 (N, H, W)) -> uint8 (N, H, W)."""
     a = torch.from_numpy(conditions).unsqueeze(1).float() / 127.5 - 1.0  # (N, 1, H, W) in [-1, 1]
     return _gan_batches(nets.eval(), len(a), batch_size, seed, device, lambda i, j: {"a": a[i:j]})
+
+
+def weights_for_task(old_task_weights: str, models: dict, k: int, j: int):
+    """The weights that generate old task j after task k, by the method's `old_task_weights`
+    (lifelong.catalog): "final_model" -> the task-k model; "own_model" -> task j's own model
+    (standalone); "task_filters" -> the task-k piggyback generator switched to task j's filters,
+    rebuilt exactly from U_j, M_j and the bank F_j (switch back with `piggyback.set_task`)."""
+    if old_task_weights == "own_model":
+        return models[j]
+    net = models[k]
+    if old_task_weights == "task_filters":
+        from lifelong.models import piggyback
+
+        piggyback.set_task(net["G"], j)
+    elif old_task_weights != "final_model":
+        raise ValueError(f"unknown old_task_weights {old_task_weights!r}; see lifelong.catalog.MethodSpec")
+    return net

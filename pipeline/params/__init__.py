@@ -1,0 +1,165 @@
+"""params.yaml: the root model, loading, and where the repository is.
+
+Validated before anything runs; every error names the key path (e.g. ``train.steps_per_task``) and
+what is allowed, so a typo fails in a second with the fix, not after a Ray cluster has started.
+The sections live in `sections`, the Ray Tune search space in `search`. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from lifelong.catalog import CATALOG
+from pipeline.params.search import (TUNABLE, UNTUNABLE_RUNS, SpaceParam, TuneParams, split_run, tunable_for,
+                                        tune_run, tune_space_errors, with_values)
+from pipeline.params.sections import (ClassifierParams, DataParams, DistillParams, EvalParams, GANParams,
+                                          ImageDataParams, ImageTaskParams, LifelongGANParams, MlflowParams,
+                                          ModelParams, PiggybackGANParams, RayParams, ScenarioParams,
+                                          ScenariosParams, TrainParams, _Section)
+
+SCENARIOS = ("label", "image")
+TASKS_KEY = {"label": "data.tasks", "image": "image_data.tasks"}
+# Which model families a scenario's data can train: label-conditioned generation has both, the
+# image-conditioned (A -> B) scenario only GANs (BicycleGAN-style).
+SCENARIO_FAMILIES: dict[str, tuple[str, ...]] = {"label": ("diffusion", "gan"), "image": ("gan",)}
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names every bad key path."""
+
+
+def run_errors(scenario: str, runs: list[str]) -> list[str]:
+    where = f"scenarios.{scenario}.runs"
+    errors = []
+    families = SCENARIO_FAMILIES[scenario]
+    allowed = [f"{f}-{m}" for f in families for m in CATALOG[f]]
+    for run in runs:
+        family, method = split_run(run)
+        if family not in CATALOG or method not in CATALOG[family]:
+            errors.append(f"{where}: unknown run {run!r} (a run is <family>-<method>); allowed: {', '.join(allowed)}")
+        elif family not in families:
+            errors.append(f"{where}: {run!r} does not apply to the {scenario} scenario: it trains only "
+                          f"{' or '.join(families)} models; allowed: {', '.join(allowed)}")
+    if len(set(runs)) != len(runs):
+        errors.append(f"{where}: lists a run twice")
+    return errors
+
+
+class Params(_Section):
+    experiment: str = Field("lifelong-fmnist", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    scenarios: ScenariosParams
+    data: DataParams = DataParams()
+    image_data: ImageDataParams = ImageDataParams()
+    gan: GANParams = GANParams()
+    lifelong_gan: LifelongGANParams = LifelongGANParams()
+    piggyback_gan: PiggybackGANParams = PiggybackGANParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    distill: DistillParams = DistillParams()
+    eval: EvalParams = EvalParams()
+    classifier: ClassifierParams = ClassifierParams()
+    ray: RayParams = RayParams()
+    mlflow: MlflowParams = MlflowParams()
+    tune: TuneParams = TuneParams()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        errors = []
+        for scenario in SCENARIOS:
+            errors += run_errors(scenario, getattr(self.scenarios, scenario).runs)
+        size = self.data.image_size_px
+        if any(run.startswith("gan-") for _, run in self.runs()) and size & (size - 1):
+            errors.append(f"data.image_size_px: the GAN runs need a power of two (8, 16, 32, ... 256), got {size}")
+        if not self.runs():
+            errors.append("scenarios: no scenario has runs; give e.g. scenarios.label.runs: [diffusion-finetune]")
+        errors += tune_space_errors(self.tune)
+        if self.tune.tasks > len(self.data.tasks):
+            errors.append(f"tune.tasks: ({self.tune.tasks}) must be <= the {len(self.data.tasks)} tasks of data.tasks")
+        if errors:  # one message, every bad key path on its own line (see _format)
+            raise ValueError("\n  ".join(errors))
+        return self
+
+    def num_tasks_of(self, scenario: str) -> int:
+        return len(self.data.tasks) if scenario == "label" else len(self.image_data.tasks)
+
+    def runs(self) -> list[tuple[str, str]]:
+        """Every (scenario, run) pair `dvc repro` trains, in params order."""
+        return [(sc, run) for sc in SCENARIOS for run in getattr(self.scenarios, sc).runs]
+
+    def task_classes(self, scenario: str, task: int) -> list[int]:
+        """Classes of task `task` (1-based); pix2pix tasks have none."""
+        if scenario == "label":
+            return list(self.data.tasks[task - 1])
+        return list(self.image_data.tasks[task - 1].classes or [])
+
+    @property
+    def num_tasks(self) -> int:  # the label scenario's (what the search trains)
+        return len(self.data.tasks)
+
+    @property
+    def num_classes(self) -> int:
+        return max(c for classes in self.data.tasks for c in classes) + 1
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if not path:  # a cross-field check: its message starts with the key it is about
+            path, _, msg = msg.partition(": ")
+        if e["type"] == "extra_forbidden":
+            if path.endswith(".task_chain"):
+                msg = ("no longer kept in params.yaml: the project derives each scenario's task chain from "
+                       f"{TASKS_KEY.get(path.split('.')[1], 'data.tasks')}; delete this key")
+            else:
+                msg = "unknown key (typo?); see params.yaml in the repository for the allowed keys"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format(err, source)) from None
+
+
+def read_raw(path: str | Path | None = None) -> dict:
+    """params.yaml as a plain mapping (not validated)."""
+    path = Path(path) if path else repo_root() / "params.yaml"
+    if not path.exists():
+        raise ParamsError(f"{path} not found; run from the repository root or set DVC_ROOT")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must be a mapping of sections (data:, train:, ...)")
+    return raw
+
+
+def load_params(path: str | Path | None = None) -> Params:
+    path = Path(path) if path else repo_root() / "params.yaml"
+    return parse_params(read_raw(path), str(path))
+
+
+def repo_root() -> Path:
+    """DVC exports DVC_ROOT to every stage; outside DVC the current directory is the root."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+__all__ = [
+    "CATALOG", "ClassifierParams", "DataParams", "DistillParams", "EvalParams", "GANParams", "ImageDataParams",
+    "ImageTaskParams", "LifelongGANParams", "MlflowParams", "ModelParams", "Params", "ParamsError",
+    "PiggybackGANParams", "RayParams", "SCENARIOS", "SCENARIO_FAMILIES", "ScenarioParams", "ScenariosParams",
+    "SpaceParam", "TASKS_KEY", "TUNABLE", "TrainParams", "TuneParams", "UNTUNABLE_RUNS", "load_params",
+    "parse_params", "read_raw", "repo_root", "run_errors", "split_run", "tunable_for", "tune_run",
+    "tune_space_errors", "with_values",
+]

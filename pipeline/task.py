@@ -1,0 +1,138 @@
+"""What the train stage and the search share: a run's model config and budget, the `TaskTrainConfig`
+of one task, and the one place that starts or attaches to Ray and runs a `TorchTrainer`.
+
+`pipeline/train.py` (one task of a run, registered in MLflow) and `pipeline/tune.py` (a trial trains a
+prefix of the task sequence) both import this module; neither imports the other.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lifelong.catalog import run_spec
+from pipeline.params import Params
+
+# Telemetry off for every process Ray starts for us.
+TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
+
+
+def model_config(params: Params, scenario: str, family: str) -> dict:
+    """The model config of a run: its family's section of params.yaml, sized for the scenario's data."""
+    if family == "gan":
+        from lifelong.models.gan import GANConfig
+
+        g = params.gan
+        return GANConfig(condition=scenario, image_size_px=params.data.image_size_px, in_channels=1,
+                         num_classes=params.num_classes,
+                         z_dim=g.z_dim if scenario == "label" else g.latent_dim, width=g.width,
+                         gan_loss=g.gan_loss).to_dict()
+    from lifelong.models.diffusion import DiffusionConfig
+
+    return DiffusionConfig(
+        image_size_px=params.data.image_size_px,
+        in_channels=1,
+        num_classes=params.num_classes,
+        block_out_channels=tuple(params.model.block_out_channels),
+        layers_per_block=params.model.layers_per_block,
+        attention=params.model.attention,
+        num_train_timesteps=params.model.num_train_timesteps,
+    ).to_dict()
+
+
+def budget(params: Params, run: str) -> dict:
+    """One run's training budget and its method's own knobs (TaskTrainConfig fields). The knobs keep
+    their params.yaml names: lifelong_gan.beta arrives as LifelongGAN(beta=...)."""
+    spec = run_spec(run)
+    b = params.train if spec.family == "diffusion" else params.gan
+    options = getattr(params, spec.options).model_dump() if spec.options else {}
+    return {"steps": b.steps_per_task, "batch_size": b.batch_size, "lr": b.lr, "options": options}
+
+
+def apply_tuned(params: Params, scenario: str, run: str, lay) -> tuple[Params, dict]:
+    """For the train stage of (scenario, run): params with the `tuned` stage's values for this run
+    applied, and those values ({} if none). The search trains on the label scenario, so only label
+    runs take its values."""
+    from pipeline.layout import read_json
+    from pipeline.params import with_values
+
+    if scenario != "label":
+        return params, {}
+    path = lay.applied(run)
+    applied = read_json(path, what="the tuned config of this run (stage `tuned`)", fix="run `dvc repro tuned`")
+    if not applied:
+        return params, {}
+    try:
+        return with_values(params, applied["config"]), dict(applied["config"])
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}; re-run the search") from None
+
+
+def use_local_mode(params: Params) -> bool:
+    """Ray Train's local mode (num_workers=0) runs the loop in this process: no cluster, no actor start-up.
+
+    It is the fast path for one CPU worker; our checkpoints are files, so resume works the same.
+    Two or more workers, or a GPU, always go through real Ray Train workers (DDP).
+    """
+    mode = params.train.local_mode
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return params.train.num_workers == 1 and not params.train.use_gpu
+
+
+def ray_address(params: Params) -> str | None:
+    """The cluster to attach to: ray.address, else $RAY_ADDRESS (the one `lifelong repro` keeps up)."""
+    return params.ray.address or os.environ.get("RAY_ADDRESS")
+
+
+def connect_ray(params: Params, **env: str) -> str:
+    """Attach to the configured cluster, or start a private local one; returns its GCS address.
+
+    The one place that calls ray.init. Workers get the MLflow and lifelong settings of this process
+    (plus `env`); a local cluster's dashboard (the State API TorchTrainer.fit polls) binds 127.0.0.1.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        env_vars = {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "LIFELONG_"))}
+        env_vars.update(TELEMETRY_OFF, **env)
+        address = ray_address(params)
+        if address:
+            ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        else:  # "local": never attach to another cluster that happens to run on this host
+            ray.init(address="local", runtime_env={"env_vars": env_vars}, include_dashboard=True,
+                     dashboard_host="127.0.0.1")
+    return ray.get_runtime_context().gcs_address
+
+
+def fit(cfg: dict, params: Params, *, name: str, storage_path: str, num_workers: int | None = None,
+        callbacks: list | None = None):
+    """Run `lifelong.training.train_loop_per_worker(cfg)` as one Ray Train job; returns its Result.
+
+    num_workers=None: the train stage's choice (local mode for one CPU worker, else train.num_workers
+    DDP workers on the cluster).
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from lifelong.training import train_loop_per_worker
+
+    if num_workers is None:
+        num_workers = 0 if use_local_mode(params) else params.train.num_workers
+    if num_workers > 0:
+        connect_ray(params, RAY_CHDIR_TO_TRIAL_DIR="0")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=num_workers, use_gpu=params.train.use_gpu,
+            resources_per_worker={"CPU": params.train.cpus_per_worker} if num_workers > 0 else None),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks or [],
+            failure_config=ray.train.FailureConfig(max_failures=params.train.max_failures)),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return result
