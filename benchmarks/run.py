@@ -183,8 +183,7 @@ def bench_stage(params_raw: dict, work: Path) -> None:
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     p = json.loads(json.dumps(params_raw))
     p["data"].update(dataset="digits", tasks=[[0, 1]], train_per_class=100, test_per_class=20)
-    p["scenarios"] = {"label": {"runs": ["diffusion-finetune"], "task_chain": [{"task": 1, "prev": 0}]},
-                      "image": {"runs": []}}
+    p["scenarios"] = {"label": {"runs": ["diffusion-finetune"]}, "image": {"runs": []}}
     p.setdefault("tune", {})["tasks"] = 1
     p["train"]["steps_per_task"] = 20
     (repo / "params.yaml").write_text(yaml.safe_dump(p))

@@ -27,7 +27,7 @@ from lifelong.catalog import run_spec
 from pipeline.layout import layout, read_json, run_stage, write_json
 from pipeline.params import load_params
 from pipeline.registry import download_model_version, setup_mlflow
-from pipeline.train import stage_name
+from pipeline.plan import stage_name
 
 MATRIX_KEYS = ("fid", "kid", "acc")
 IMAGE_MATRIX_KEYS = MATRIX_KEYS + ("l1",)

@@ -70,6 +70,11 @@ def result_values(params: Params, run: str) -> dict:
     return out
 
 
+def stage_name(scenario: str, run: str, k: int) -> str:
+    """The DVC stage that trains task k of a run (dvc.yaml: train_<scenario>_<family>@<run>-task<k>)."""
+    return f"train_{scenario}_{run_spec(run).family}@{run}-task{k}"
+
+
 def stage_plan(params: Params) -> dict:
     """{"plan": {scenario: {family: {"<run>-task<k>": {run, task, prev, options}}}}}, the vars of dvc.yaml."""
     plan: dict = {}

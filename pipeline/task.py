@@ -55,7 +55,7 @@ def apply_tuned(params: Params, scenario: str, run: str, lay) -> tuple[Params, d
     from pipeline.layout import read_json
     from pipeline.params import with_values
 
-    if scenario != "label":
+    if scenario != "label" or not params.train.use_tuned:
         return params, {}
     path = lay.applied(run)
     applied = read_json(path, what="the tuned config of this run (stage `tuned`)", fix="run `dvc repro tuned`")

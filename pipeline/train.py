@@ -22,7 +22,7 @@ from pathlib import Path
 from lifelong.catalog import run_spec
 from pipeline.layout import Layout, git_commit, layout, read_json, run_stage, write_json
 from pipeline.params import Params, load_params
-from pipeline.plan import result_values
+from pipeline.plan import result_values, stage_name
 from pipeline.registry import download_model_version, model_name, register_model_version, setup_mlflow
 from pipeline.task import apply_tuned, budget, fit, model_config, use_local_mode
 
@@ -139,11 +139,6 @@ def main(argv: list[str] | None = None) -> int:
           f"(alias task-{k}); train {train_seconds:.1f}s, fit {fit_seconds:.1f}s, "
           f"register {time.time() - t_register:.1f}s, stage {time.time() - t_start:.1f}s", flush=True)
     return 0
-
-
-def stage_name(scenario: str, run: str, k: int) -> str:
-    """The DVC stage that trains task k of a run (dvc.yaml: train_<scenario>_<family>@<run>-task<k>)."""
-    return f"train_{scenario}_{run_spec(run).family}@{run}-task{k}"
 
 
 def check_stage_args(params: Params, scenario: str, run: str, k: int) -> None:

@@ -20,9 +20,8 @@ def tiny_params(**overrides) -> dict:
     with open(REPO / "params.yaml") as f:
         p = yaml.safe_load(f)
     p["experiment"] = "it"
-    chain = [{"task": 1, "prev": 0}, {"task": 2, "prev": 1}]
-    p["scenarios"] = {"label": {"runs": ["diffusion-finetune", "diffusion-generative_distillation"], "task_chain": chain},
-                      "image": {"runs": [], "task_chain": chain}}
+    p["scenarios"] = {"label": {"runs": ["diffusion-finetune", "diffusion-generative_distillation"]},
+                      "image": {"runs": []}}
     p["data"].update(dataset="digits", image_size_px=8, tasks=[[0, 1], [2, 3]], train_per_class=40,
                      test_per_class=20, samples_per_shard=30)
     p["image_data"].update(train_per_task=40, test_per_task=16, samples_per_shard=30,
@@ -69,6 +68,7 @@ def make_clone(dest: Path, params: dict) -> Path:
     shutil.copy(REPO / ".dvc" / "config", dest / ".dvc" / "config")
     shutil.copy(REPO / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([str(BIN / "lifelong"), "plan"], dest)  # pipeline/stages.yaml for these params, as a user's commit has it
     run(["git", "init", "-q"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)

@@ -44,7 +44,7 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone):
         assert v1.tags["parent_version"] == "" and v2.tags["parent_version"] == str(v1.version)
         for v in (v1, v2):
             assert set(v.tags) >= {"parent_version", "data_digest", "git_commit", "dvc_stage"}
-            assert len(v.tags["git_commit"]) == 40 and v.tags["dvc_stage"].startswith(f"train_label@{method}-task")
+            assert len(v.tags["git_commit"]) == 40 and v.tags["dvc_stage"].startswith(f"train_label_diffusion@{method}-task")
         run2 = client.get_run(r2["run_id"])
         assert [m.model_id for m in run2.inputs.model_inputs] == [r1["model_id"]]
         assert run2.data.params["train.num_workers"] == "2"
@@ -77,24 +77,24 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([str(BIN / "dvc"), "repro", "prepare"], repo)
     stale = set(json.loads(run([str(BIN / "dvc"), "status", "--json"], repo).stdout))
-    ft, gd = "train_label@diffusion-finetune", "train_label@diffusion-generative_distillation"
-    assert {f"{ft}-task1", f"{gd}-task1"} <= stale, stale
-    assert not stale & {f"{ft}-task0", f"{gd}-task0"}, stale
+    ft, gd = "train_label_diffusion@diffusion-finetune", "train_label_diffusion@diffusion-generative_distillation"
+    assert {f"{ft}-task2", f"{gd}-task2"} <= stale, stale
+    assert not stale & {f"{ft}-task1", f"{gd}-task1"}, stale
 
     # A missing registry version is one error naming the model, the version and the stage to run.
     r1 = json.loads((repo / "results/receipts/label/diffusion-finetune/task-1.json").read_text())
     client.delete_model_version("it-label-diffusion-finetune", r1["version"])
-    bad = run([str(BIN / "dvc"), "repro", "-f", "-s", f"{ft}-task1"], repo, check=False)
+    bad = run([str(BIN / "dvc"), "repro", "-f", "-s", f"{ft}-task2"], repo, check=False)
     assert bad.returncode != 0
     assert f"'it-label-diffusion-finetune' version {r1['version']}" in bad.stderr + bad.stdout
-    assert f"dvc repro -f {ft}-task0" in bad.stderr + bad.stdout
+    assert f"dvc repro -f {ft}-task1" in bad.stderr + bad.stdout
     # nothing half-registered
     assert len(client.search_model_versions("name='it-label-diffusion-finetune'")) == versions - 1
 
 
 def test_interrupted_task_resumes_from_its_last_checkpoint(clone):
     params = tiny_params(train={"steps_per_task": 400, "checkpoint_every_steps": 5, "log_every_steps": 5})
-    params["scenarios"]["label"] = {"runs": ["diffusion-finetune"], "task_chain": [{"task": 1, "prev": 0}]}
+    params["scenarios"]["label"] = {"runs": ["diffusion-finetune"]}
     params["data"]["tasks"] = [[0, 1]]
     if "tune" in params:
         params["tune"]["tasks"] = 1

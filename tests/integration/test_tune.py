@@ -15,7 +15,7 @@ from tests.integration.conftest import BIN, REPO, make_clone, run, tiny_params
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 METHOD = "generative_distillation"
-STAGE = f"train_label@diffusion-{METHOD}"
+STAGE = f"train_label_diffusion@diffusion-{METHOD}"
 # A grid in a fixed order, so the early stop is not left to chance: the first trial trains with a
 # sensible lr and sets the bar at ASHA's first rung; the later ones barely move from their
 # initialisation, fall below it and are stopped there (ties never stop a trial, distinct values do).
@@ -44,10 +44,10 @@ def test_tiny_search_asha_mlflow_and_use_tuned(tmp_path):
     (repo / "tune").mkdir()
     shutil.copy(REPO / "tune" / "dvc.yaml", repo / "tune" / "dvc.yaml")
     dvc = str(BIN / "dvc")
-    run([dvc, "repro", f"{STAGE}-task0"], repo)  # prepare, tuned ({}), one train stage
-    assert json.loads((repo / "results/tune/applied.json").read_text()) == {}
+    run([dvc, "repro", f"{STAGE}-task1"], repo)  # check, prepare, tuned ({} per run), one train stage
+    assert json.loads((repo / f"results/tune/applied/diffusion-{METHOD}.json").read_text()) == {}
     stale_before = _stale(repo)
-    assert f"{STAGE}-task0" not in stale_before
+    assert f"{STAGE}-task1" not in stale_before
 
     t0 = time.time()
     out = run([dvc, "repro", "tune/dvc.yaml"], repo)
@@ -90,8 +90,12 @@ def test_tiny_search_asha_mlflow_and_use_tuned(tmp_path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["use_tuned"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run([dvc, "repro", f"{STAGE}-task0"], repo)
-    applied = json.loads((repo / "results/tune/applied.json").read_text())
+    stale = _stale(repo)  # the tuned run's train stages only, once `tuned` has written its file
+    run([dvc, "repro", "tuned"], repo)
+    assert {s for s in _stale(repo) if s.startswith("train_")} == {f"{STAGE}-task1", f"{STAGE}-task2"}, stale
+    run([dvc, "repro", f"{STAGE}-task1"], repo)
+    applied = json.loads((repo / f"results/tune/applied/diffusion-{METHOD}.json").read_text())
+    assert json.loads((repo / "results/tune/applied/diffusion-finetune.json").read_text()) == {}
     assert applied["method"] == METHOD and applied["config"] == best["config"]
     receipt = json.loads((repo / f"results/receipts/label/diffusion-{METHOD}/task-1.json").read_text())
     run_params = client.get_run(receipt["run_id"]).data.params
@@ -114,7 +118,7 @@ def test_gan_search_piggyback_filter_ratio_and_use_tuned(tmp_path):
     """A GAN run through the same search: piggyback_gan's filter ratio, its objective measured on every
     seen task with that task's own filters, and the train stage of gan-piggyback_gan picking it up."""
     run_name = "gan-piggyback_gan"
-    stage = f"train_label@{run_name}-task0"
+    stage = f"train_label_gan@{run_name}-task1"
     tune = dict(TUNE, method=run_name, steps_per_task=6, eval_every_steps=3, grace_period_steps=3, num_samples=1,
                 scheduler="fifo",
                 space={run_name: {"piggyback_gan.filter_ratio": {"type": "grid", "values": [0.25, 0.5]}}})
@@ -142,7 +146,7 @@ def test_gan_search_piggyback_filter_ratio_and_use_tuned(tmp_path):
     params["train"]["use_tuned"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([dvc, "repro", stage], repo)
-    applied = json.loads((repo / "results/tune/applied.json").read_text())
+    applied = json.loads((repo / f"results/tune/applied/{run_name}.json").read_text())
     assert applied["run"] == run_name and applied["config"] == result["best"]["config"]
     receipt = json.loads((repo / f"results/receipts/label/{run_name}/task-1.json").read_text())
     run_params = _client(repo).get_run(receipt["run_id"]).data.params

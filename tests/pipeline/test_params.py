@@ -5,7 +5,8 @@ import copy
 import pytest
 import yaml
 
-from pipeline.params import FAMILY_METHODS, ParamsError, chain_for, load_params, parse_params
+from lifelong.catalog import CATALOG
+from pipeline.params import Params, ParamsError, load_params, parse_params
 
 
 @pytest.fixture
@@ -22,13 +23,17 @@ def test_repository_params_are_valid():
     assert list(runs) == ["label", "image"]
     # every method of both families runs by default
     assert {run for sc, run in p.runs() if sc == "label"} == {
-        f"{family}-{m}" for family, methods in FAMILY_METHODS.items() for m in methods}
+        f"{family}-{m}" for family, methods in CATALOG.items() for m in methods}
 
 
-def test_method_names_match_the_library_registry():
+def test_the_method_catalog_matches_the_library_registry():
     from lifelong.methods import METHODS
 
-    assert {f: set(m) for f, m in FAMILY_METHODS.items()} == {f: set(m) for f, m in METHODS.items()}
+    assert {f: set(m) for f, m in CATALOG.items()} == {f: set(m) for f, m in METHODS.items()}
+    for family, methods in CATALOG.items():
+        for name, spec in methods.items():
+            assert (spec.family, spec.name) == (family, name)
+            assert spec.options is None or spec.options in Params.model_fields  # a section of params.yaml
 
 
 def _error(raw) -> str:
@@ -63,10 +68,11 @@ def _error(raw) -> str:
         (lambda r: r.update(trian={}), "trian", "unknown key"),
         (lambda r: r["train"].update(storage_path="runs"), "train.storage_path", "absolute"),
         (lambda r: r["eval"].update(feature_extractor="vgg"), "eval.feature_extractor", "lifelong-cnn"),
-        (lambda r: r["scenarios"]["label"].update(task_chain=chain_for(4)), "scenarios.label.task_chain",
-         "lifelong chain"),
-        (lambda r: r["scenarios"]["image"].update(task_chain=chain_for(5)), "scenarios.image.task_chain",
-         "image_data.tasks"),
+        # task chains are derived now: a leftover one says so
+        (lambda r: r["scenarios"]["label"].update(task_chain=[{"task": 1, "prev": 0}]), "scenarios.label.task_chain",
+         "derives each scenario's task chain from data.tasks"),
+        (lambda r: r["scenarios"]["image"].update(task_chain=[]), "scenarios.image.task_chain",
+         "image_data.tasks; delete this key"),
     ],
 )
 def test_bad_params_name_the_key(raw, edit, path, words):
@@ -81,11 +87,10 @@ def test_out_of_range_class_is_reported_by_prepare_not_silently_dropped(raw, tmp
     # Classes beyond the dataset are only knowable with the data: prepare names them (see test_prepare).
     bad = copy.deepcopy(raw)
     bad["data"]["tasks"] = [[0, 1], [2, 12]]
-    bad["scenarios"]["label"]["task_chain"] = chain_for(2)
     assert parse_params(bad).num_classes == 13
 
 
-def test_a_scenario_with_no_runs_is_off_and_needs_no_chain(raw):
+def test_a_scenario_with_no_runs_is_off(raw):
     raw["scenarios"]["image"] = {"runs": []}
     assert [sc for sc, _ in parse_params(raw).runs()] == ["label"] * 9
     raw["scenarios"]["label"] = {"runs": []}

@@ -120,21 +120,28 @@ def test_a_method_outside_methods_can_be_tuned(raw):
 
 
 def test_train_stage_applies_the_tuned_config_to_its_own_label_run_only(raw, tmp_path):
-    import json
-
     from pipeline.layout import Layout
-    from pipeline.tune import applied_path, apply_tuned
+    from pipeline.task import apply_tuned
+    from pipeline.tune import result_path, write_applied
 
     raw["train"]["use_tuned"] = True
+    raw["tune"]["method"] = "gan-lifelong_gan"
     params, lay = parse_params(raw), Layout(tmp_path)
-    applied_path(lay).parent.mkdir(parents=True)
-    applied_path(lay).write_text(json.dumps({"method": "lifelong_gan", "run": "gan-lifelong_gan",
-                                             "config": {"lifelong_gan.beta": 4.0}}))
+    result_path(lay, "gan-lifelong_gan").parent.mkdir(parents=True)
+    result_path(lay, "gan-lifelong_gan").write_text(
+        '{"best": {"config": {"lifelong_gan.beta": 4.0}, "objective": 1.0}}')
+    write_applied(params, lay)  # the `tuned` stage: one file per label run
+    assert sorted(p.stem for p in lay.applied("x").parent.iterdir()) == sorted(params.scenarios.label.runs)
     tuned, values = apply_tuned(params, "label", "gan-lifelong_gan", lay)
     assert tuned.lifelong_gan.beta == 4.0 and values == {"lifelong_gan.beta": 4.0}
     for scenario, run in (("image", "gan-lifelong_gan"), ("label", "gan-finetune")):
         assert apply_tuned(params, scenario, run, lay) == (params, {})
-    # written before GAN runs could be tuned: a bare diffusion method name
-    applied_path(lay).write_text(json.dumps({"method": "generative_distillation", "config": {"distill.weight": 3}}))
-    tuned, _ = apply_tuned(params, "label", "diffusion-generative_distillation", lay)
-    assert tuned.distill.weight == 3.0
+    # every other run's file is {} and stays byte-identical when the search moves to another method
+    before = {p.name: p.read_bytes() for p in lay.applied("x").parent.iterdir()}
+    raw["tune"]["method"] = "gan-piggyback_gan"
+    result_path(lay, "gan-piggyback_gan").write_text(
+        '{"best": {"config": {"piggyback_gan.filter_ratio": 0.3}, "objective": 1.0}}')
+    write_applied(parse_params(raw), lay)
+    after = {p.name: p.read_bytes() for p in lay.applied("x").parent.iterdir()}
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"gan-lifelong_gan.json", "gan-piggyback_gan.json"}
