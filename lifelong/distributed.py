@@ -36,6 +36,16 @@ def get_device() -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Inside a Ray Train run, Ray's prepare_model (to its device; DDP when world_size > 1);
+    outside one (a unit test), the model on `device`, unwrapped."""
+    if _context() is None:
+        return model.to(device)
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(model)
+
+
 def print0(*args, **kwargs) -> None:
     if get_rank() == 0:
         print(*args, flush=True, **kwargs)

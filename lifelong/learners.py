@@ -1,7 +1,10 @@
 """What the worker loop trains, one class per model family: build (with the previous task's model as
 start and teacher), one optimisation step, resumable state, and the model file it exports.
 
-- `DiffusionLearner`: one network, one Adam, DDP through `ray.train.torch.prepare_model`.
+Both build their method as `make_method(cfg.method, model_cfg, generator_seed=..., **cfg.options)`
+and need no Ray outside a Ray Train run: a unit test builds one from a TaskTrainConfig and calls `step`.
+
+- `DiffusionLearner`: one network, one Adam, DDP through `ray.train.torch.prepare_model` (under Ray).
 - `GANLearner`: several networks (G, D; BicycleGAN adds E and D2), one Adam per network (BicycleGAN's
   optimizer_G/E/D/D2). Each loss key trains the nets its method names in `LOSS_TARGETS`, e.g.
   loss_g -> G and E, loss_d -> D and D2. Not DDP-wrapped (several forwards per net and step, and the
@@ -21,8 +24,6 @@ from lifelong.methods.base import TaskInfo
 
 class DiffusionLearner:
     def __init__(self, cfg, task: TaskInfo, device: torch.device, rank: int) -> None:
-        import ray.train.torch
-
         from lifelong.methods import make_method
         from lifelong.models import load_model
         from lifelong.models.diffusion import DiffusionConfig, build_unet
@@ -35,19 +36,17 @@ class DiffusionLearner:
             previous = load_model(torch.load(cfg.init_state, map_location="cpu", weights_only=True))
             model.load_state_dict(previous.state_dict())  # every method continues from task k-1's weights
             teacher = previous.to(device).eval().requires_grad_(False)  # frozen; never DDP-wrapped
-        self.model = ray.train.torch.prepare_model(model)
+        self.model = dist.prepare_model(model, device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.grad_clip = cfg.grad_clip
-        self.method = make_method(cfg.method, self.model_cfg, distill_weight=cfg.distill_weight,
-                                  replay_ddim_steps=cfg.replay_ddim_steps,
-                                  generator_seed=cfg.seed * 1000 + cfg.task_index * 10 + rank)
+        self.method = make_method(cfg.method, self.model_cfg, generator_seed=_generator_seed(cfg, rank), **cfg.options)
         self.method.before_task(task, teacher if self.method.needs_teacher else None)
         self.model.train()
 
     def step(self, batch: tuple[Tensor, ...], autocast) -> dict[str, Tensor]:
         x0, y = batch
         with autocast:
-            parts = self.method.loss(self.model, x0, y)
+            parts = self.method.loss(self.model, {"x0": x0, "y": y})
         self.optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -87,9 +86,7 @@ class GANLearner:
             nets = load_model(torch.load(cfg.init_state, map_location="cpu", weights_only=True))
         else:
             nets = build_gan_nets(gan_cfg)
-        self.method = make_method(cfg.method, nets.cfg, distill_weight=cfg.distill_weight,
-                                  generator_seed=cfg.seed * 1000 + cfg.task_index * 10 + rank,
-                                  **cfg.method_options)
+        self.method = make_method(cfg.method, nets.cfg, generator_seed=_generator_seed(cfg, rank), **cfg.options)
         if self.method.needs_teacher and cfg.init_state is not None:
             teacher = copy.deepcopy(nets).to(device).eval().requires_grad_(False)
         nets = self.method.prepare(nets, task)  # piggyback: a new task's filters; standalone: fresh nets
@@ -146,6 +143,11 @@ class GANLearner:
 
 
 LEARNERS = {"diffusion": DiffusionLearner, "gan": GANLearner}
+
+
+def _generator_seed(cfg, rank: int) -> int:
+    # distinct per run seed, task and rank: each rank draws its own replay batches / auxiliary pairs
+    return cfg.seed * 1000 + cfg.task_index * 10 + rank
 
 
 def _trainable(net: nn.Module) -> list[nn.Parameter]:

@@ -18,10 +18,14 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from lifelong import distributed as dist
+
+if TYPE_CHECKING:
+    from lifelong.methods.base import TaskInfo
 
 FINAL_NAME = "final.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -44,8 +48,6 @@ class TaskTrainConfig:
     batch_size: int = 64  # global; each worker takes batch_size // world_size
     lr: float = 2e-3
     grad_clip: float = 1.0
-    distill_weight: float = 1.0
-    replay_ddim_steps: int = 2
     checkpoint_every: int = 100
     log_every: int = 50
     seed: int = 0
@@ -57,11 +59,23 @@ class TaskTrainConfig:
     objective: dict | None = None
     family: str = "diffusion"  # "diffusion" | "gan": which learner (lifelong.learners.LEARNERS)
     paired: bool = False  # image-conditioned shards: batches are (A, B, label) instead of (x, label)
-    method_options: dict = field(default_factory=dict)  # extra method kwargs (GAN: auxiliary, filter_ratio)
+    # The method's own params.yaml section verbatim (catalog.MethodSpec.options names it; {} when it
+    # has none), passed to its constructor by the same names: {"weight": 1.0, "replay_ddim_steps": 2}.
+    options: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # free-form, recorded only
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def task_info(self) -> TaskInfo:
+        from lifelong.methods.base import TaskInfo  # lazily: the methods import diffusers, slow to load
+
+        return TaskInfo(
+            index=self.task_index,
+            classes=list(self.task_classes),
+            seen_classes=sorted(set(self.previous_classes) | set(self.task_classes)),
+            previous_classes=list(self.previous_classes),
+        )
 
 
 # --- checkpoint files ------------------------------------------------------------------------
@@ -114,7 +128,6 @@ def train_loop_per_worker(config: dict) -> None:
 
     from lifelong.data import train_batches, train_pair_batches
     from lifelong.learners import LEARNERS
-    from lifelong.methods import TaskInfo
 
     cfg = TaskTrainConfig(**config)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -128,15 +141,9 @@ def train_loop_per_worker(config: dict) -> None:
         return
 
     # [2] model, teacher, method: the family's learner builds them (lifelong/learners.py)
-    task = TaskInfo(
-        index=cfg.task_index,
-        classes=list(cfg.task_classes),
-        seen_classes=sorted(set(cfg.previous_classes) | set(cfg.task_classes)),
-        previous_classes=list(cfg.previous_classes),
-    )
     if cfg.family not in LEARNERS:
         raise ValueError(f"unknown model family {cfg.family!r}; valid: {', '.join(LEARNERS)}")
-    learner = LEARNERS[cfg.family](cfg, task, device, rank)
+    learner = LEARNERS[cfg.family](cfg, cfg.task_info(), device, rank)
 
     # Resume: the newest step file wins, whoever wrote it (a Ray restart or an earlier `dvc repro`).
     start_step = 0

@@ -3,6 +3,7 @@
 A method's family is the kind of generative model it trains: "diffusion" (class-conditional DDPM)
 or "gan" (label-conditioned DCGAN or image-conditioned BicycleGAN). Baselines exist in both
 families under the same name (fine-tuning a GAN is not fine-tuning a diffusion model: other loss).
+`catalog.CATALOG` describes the same (family, name) keys without importing torch (a test checks it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from lifelong.methods.base import Method, TaskInfo
+from lifelong.methods.diffusion import DiffusionMethod
 from lifelong.methods.finetune import FineTune
 from lifelong.methods.gan import GANFineTune, GANJoint, GANMethod, GANStandalone
 from lifelong.methods.generative_distillation import GenerativeDistillation
@@ -18,7 +20,7 @@ from lifelong.methods.joint import Joint
 from lifelong.methods.lifelong_gan import LifelongGAN
 from lifelong.methods.piggyback_gan import PiggybackGAN
 
-METHODS: dict[str, dict[str, type]] = {
+METHODS: dict[str, dict[str, type[Method]]] = {
     "diffusion": {
         "finetune": FineTune,
         "joint": Joint,
@@ -47,7 +49,7 @@ def family_of(cfg: Any) -> str:
     raise TypeError(f"no method family for a {type(cfg).__name__}; expected DiffusionConfig or GANConfig")
 
 
-def method_class(family: str, name: str) -> type:
+def method_class(family: str, name: str) -> type[Method]:
     if family not in METHODS:
         raise ValueError(f"unknown model family {family!r}; valid: {', '.join(METHODS)}")
     try:
@@ -56,13 +58,15 @@ def method_class(family: str, name: str) -> type:
         raise ValueError(f"unknown {family} method {name!r}; valid names: {', '.join(sorted(METHODS[family]))}") from None
 
 
-def make_method(name: str, cfg: Any, **kwargs: Any):
-    """The method `name` of cfg's family (a DiffusionConfig or a GANConfig), built with kwargs."""
+def make_method(name: str, cfg: Any, **kwargs: Any) -> Method:
+    """The method `name` of cfg's family (a DiffusionConfig or a GANConfig), built with kwargs: its
+    knobs by their params.yaml names (a knob it does not have is a TypeError) and generator_seed."""
     return method_class(family_of(cfg), name)(cfg, **kwargs)
 
 
 __all__ = [
     "METHODS",
+    "DiffusionMethod",
     "FineTune",
     "GANFineTune",
     "GANJoint",

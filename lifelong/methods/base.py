@@ -1,7 +1,13 @@
-"""What every continual-learning method is: an object with three hooks.
+"""What every continual-learning method is, in both families: an object with three hooks.
 
-The trainer calls, per task: `before_task(task, teacher)`, then `loss(model, x0, y)` every step
-(backprop `out["loss"]`; the other keys are named parts for logging), then `after_task()`.
+The learner (lifelong/learners.py) calls, per task: `before_task(task, teacher)`, then
+`loss(model, batch)` every step, then `after_task()`. `model` is what the family trains (a diffusion
+UNet, or GANNets); `batch` is a dict of tensors named by the family (diffusion: x0, y; GAN: x, y
+and, image-conditioned, a). `loss` returns named losses: the keys the learner backpropagates
+(diffusion: "loss"; GAN: the keys of GANMethod.LOSS_TARGETS) and detached parts for logging.
+
+A method's knobs are keyword arguments of its constructor, named as in its params.yaml section
+(catalog.MethodSpec.options); a knob the method does not have is a TypeError, never ignored.
 """
 
 from __future__ import annotations
@@ -11,9 +17,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from lifelong.methods.losses import DataLoss
-from lifelong.models.diffusion import DiffusionConfig, make_ddpm_scheduler
 
 
 @dataclass
@@ -29,23 +32,17 @@ class TaskInfo:
 
 
 class Method:
-    uses_all_seen_data: bool = False  # True: the trainer feeds batches from tasks 1..k, not only task k
     needs_teacher: bool = False  # True: before_task needs the frozen previous model for tasks >= 2
 
     def __init__(
         self,
-        cfg: DiffusionConfig,
+        cfg: Any,  # the family's model config (DiffusionConfig or GANConfig)
         *,
-        distill_weight: float = 1.0,  # lambda in front of L_replay
-        replay_ddim_steps: int = 2,  # DDIM steps S the teacher uses to draw a replay batch
-        generator_seed: int = 0,  # seeds the replay sampler; add the rank under DDP for distinct replay batches
+        generator_seed: int = 0,  # seeds self.generator; add the rank under DDP for distinct draws per rank
     ) -> None:
         self.cfg = cfg
-        self.distill_weight = distill_weight
-        self.replay_ddim_steps = replay_ddim_steps
+        self.generator_seed = generator_seed
         self.generator = torch.Generator().manual_seed(generator_seed)
-        self.scheduler = make_ddpm_scheduler(cfg)  # forward process q(x_t | x_0) for noising
-        self.data_loss = DataLoss(self.scheduler)
         self.task: TaskInfo | None = None
         self.teacher: nn.Module | None = None
 
@@ -57,7 +54,7 @@ class Method:
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 
-    def loss(self, model: nn.Module, x0: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def after_task(self) -> dict[str, Any]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lifelong.methods.base import Method
+from lifelong.methods.diffusion import DiffusionMethod
 
 
-class FineTune(Method):
-    def loss(self, model: nn.Module, x0: Tensor, y: Tensor) -> dict[str, Tensor]:
-        l_data = self.data_loss(model, x0, y)
+class FineTune(DiffusionMethod):
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        l_data = self.data_loss(model, batch["x0"], batch["y"])
         return {"loss": l_data, "loss_data": l_data.detach()}

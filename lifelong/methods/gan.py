@@ -1,6 +1,7 @@
 """GAN losses and continual-learning methods for GANs (G, [E], D, [D2] trained together).
 
-The trainer, per step:
+A batch is {"x": (B, C, H, W) real images (BicycleGAN's B), "y": (B,) labels} plus, image-conditioned,
+"a": (B, C, H, W) the inputs (BicycleGAN's A). The learner (lifelong/learners.py::GANLearner), per step:
     out = method.loss(nets, batch)
     for key, targets in LOSS_TARGETS.items():          # in this order
         if key in out:
@@ -13,14 +14,14 @@ never reaches D (it is not in loss_g's inputs) although the graph runs through D
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lifelong.methods.base import TaskInfo
-from lifelong.models.gan import GANConfig, GANNets, build_gan
+from lifelong.methods.base import Method, TaskInfo
+from lifelong.models.gan import GANNets, build_gan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,11 +66,9 @@ def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Methods
 # ---------------------------------------------------------------------------------------------
-class GANMethod:
-    """Hooks of a GAN continual-learning method; `gan_loss` is the base model's own objective."""
+class GANMethod(Method):
+    """The base of the GAN methods; `gan_loss` is the base model's own objective."""
 
-    uses_all_seen_data: bool = False  # True: the trainer feeds batches from tasks 1..k (joint)
-    needs_teacher: bool = False  # True: before_task needs the frozen previous nets for tasks >= 2
     # Which loss key trains which nets (see the module docstring). "loss_g_alone" is BicycleGAN's
     # latent regression: it updates G only, never E.
     LOSS_TARGETS: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -85,41 +84,9 @@ class GANMethod:
     lambda_kl: float = 0.01  # KL(E(B) || N(0, I))
     lambda_z: float = 0.5  # latent regression ||z - mu(E(B~))||_1
 
-    def __init__(
-        self,
-        cfg: GANConfig,
-        *,
-        distill_weight: float = 1.0,  # beta in front of the distillation loss (Lifelong GAN)
-        auxiliary: str = "both",  # Lifelong GAN's auxiliary pairs: "montage", "swap" or "both"
-        generator_seed: int = 0,  # seeds self.generator (aux pairs, old labels, re-initialisation)
-        **unused: Any,  # the diffusion methods' knobs (e.g. replay_ddim_steps) may arrive too
-    ) -> None:
-        self.cfg = cfg
-        self.distill_weight = distill_weight
-        self.auxiliary = auxiliary
-        self.generator_seed = generator_seed
-        self.generator = torch.Generator().manual_seed(generator_seed)
-        self.task: TaskInfo | None = None
-        self.teacher: GANNets | None = None
-
     def prepare(self, nets: GANNets, task: TaskInfo) -> GANNets:
         """Called before the optimizers are built; may return other nets (standalone, piggyback)."""
         return nets
-
-    def before_task(self, task: TaskInfo, teacher: GANNets | None) -> None:
-        if self.needs_teacher and task.index >= 2 and teacher is None:
-            raise ValueError(f"{type(self).__name__} needs the previous task's nets as teacher for task {task.index}")
-        self.task = task
-        self.teacher = teacher
-        if teacher is not None:
-            teacher.eval().requires_grad_(False)
-
-    def loss(self, nets: GANNets, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def after_task(self) -> dict[str, Any]:
-        self.teacher = None  # release its memory before the next task's copy arrives
-        return {}
 
     # --- the base models' objectives --------------------------------------------------------
     def gan_loss(self, nets: GANNets, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -189,9 +156,10 @@ class GANFineTune(GANMethod):
 
 
 class GANJoint(GANFineTune):
-    """The GAN loss on the union of tasks 1..t. The upper bound; not continual."""
+    """The GAN loss on the union of tasks 1..t. The upper bound; not continual.
 
-    uses_all_seen_data = True  # the only difference from GANFineTune lives in the trainer's data
+    GANFineTune's loss; the difference lives in the data (catalog: trains_on_seen_tasks).
+    """
 
 
 class GANStandalone(GANFineTune):

@@ -6,4 +6,4 @@ from lifelong.methods.finetune import FineTune
 
 
 class Joint(FineTune):
-    uses_all_seen_data = True  # the only difference from FineTune lives in the trainer's data
+    """FineTune's loss; the difference lives in the data (catalog: trains_on_seen_tasks)."""

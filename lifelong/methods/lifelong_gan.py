@@ -12,8 +12,6 @@ The discriminators are not distilled (loss_d is the base GAN's).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -29,14 +27,19 @@ def l1(x: Tensor, y: Tensor) -> Tensor:
 class LifelongGAN(GANFineTune):
     needs_teacher = True
 
-    def __init__(self, cfg: GANConfig, **kwargs: Any) -> None:
-        super().__init__(cfg, **kwargs)
-        if self.auxiliary not in AUXILIARY_KINDS:
-            raise ValueError(f"unknown auxiliary kind {self.auxiliary!r}; valid: {', '.join(AUXILIARY_KINDS)}")
-
-    @property
-    def beta(self) -> float:
-        return self.distill_weight
+    def __init__(
+        self,
+        cfg: GANConfig,
+        *,
+        beta: float = 1.0,  # weight of L_DL in loss_g
+        auxiliary: str = "both",  # image-conditioned: which auxiliary pairs, "montage", "swap" or "both"
+        generator_seed: int = 0,  # seeds the auxiliary pairs and the old labels y_old
+    ) -> None:
+        super().__init__(cfg, generator_seed=generator_seed)
+        if auxiliary not in AUXILIARY_KINDS:
+            raise ValueError(f"unknown auxiliary kind {auxiliary!r}; valid: {', '.join(AUXILIARY_KINDS)}")
+        self.beta = beta
+        self.auxiliary = auxiliary
 
     def loss(self, nets: GANNets, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.task is None:

@@ -12,12 +12,19 @@ from __future__ import annotations
 from lifelong.methods.base import TaskInfo
 from lifelong.methods.gan import GANFineTune
 from lifelong.models import piggyback
+from lifelong.models.gan import GANConfig
 
 
 class PiggybackGAN(GANFineTune):
-    def __init__(self, cfg, *, filter_ratio: float = 0.25, **kwargs) -> None:
-        super().__init__(cfg, **kwargs)
-        self.filter_ratio = filter_ratio  # lambda: share of each layer's filters that are new and free
+    def __init__(
+        self,
+        cfg: GANConfig,
+        *,
+        filter_ratio: float = 0.25,  # lambda: share of each layer's filters that are new and free
+        generator_seed: int = 0,
+    ) -> None:
+        super().__init__(cfg, generator_seed=generator_seed)
+        self.filter_ratio = filter_ratio
 
     def prepare(self, nets, task: TaskInfo):
         G = nets["G"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lifelong.methods.base import Method
+from lifelong.methods.diffusion import DiffusionMethod
 from lifelong.methods.losses import NoisedBatch, eps_mse, forward_diffuse
 from lifelong.models.diffusion import DiffusionConfig, ddim_sample
 
@@ -46,17 +46,30 @@ def distillation_target(teacher: nn.Module, q: NoisedBatch, y_hat: Tensor) -> Te
     return teacher(q.x_t, q.t, y_hat)
 
 
-class ReplayMethod(Method):
+class ReplayMethod(DiffusionMethod):
     """Shared loop of GR and GD; subclasses only say what eps_theta on the replay batch should match."""
 
     needs_teacher = True
 
+    def __init__(
+        self,
+        cfg: DiffusionConfig,
+        *,
+        weight: float = 1.0,  # lambda in front of L_replay
+        replay_ddim_steps: int = 2,  # DDIM steps S the teacher uses to draw a replay batch
+        generator_seed: int = 0,  # seeds the replay sampler (labels y^ and DDIM's starting noise)
+    ) -> None:
+        super().__init__(cfg, generator_seed=generator_seed)
+        self.weight = weight
+        self.replay_ddim_steps = replay_ddim_steps
+
     def replay_target(self, q: NoisedBatch, y_hat: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, x0: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.task is None:
             raise RuntimeError("call before_task(task, teacher) before loss()")
+        x0, y = batch["x0"], batch["y"]
         n = self.task.num_seen_tasks
         l_data = self.data_loss(model, x0, y)
         if n == 1:  # nothing to remember yet
@@ -68,5 +81,5 @@ class ReplayMethod(Method):
         q = forward_diffuse(self.scheduler, x_hat.to(x0))  # x^_t, t, eps; a new batch, x0 is untouched
         y_hat = y_hat.to(y.device)
         l_replay = eps_mse(self.replay_target(q, y_hat), model(q.x_t, q.t, y_hat))
-        loss = (1 / n) * l_data + (1 - 1 / n) * self.distill_weight * l_replay
+        loss = (1 / n) * l_data + (1 - 1 / n) * self.weight * l_replay
         return {"loss": loss, "loss_data": l_data.detach(), "loss_replay": l_replay.detach()}

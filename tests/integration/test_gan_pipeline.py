@@ -99,7 +99,7 @@ def test_gan_methods_in_both_scenarios(clone):
     assert v2.tags["parent_version"] == r1["version"] and str(v2.version) == r2["version"]
     assert v2.tags["family"] == "gan" and v2.tags["scenario"] == "image"
     params_logged = client.get_run(r2["run_id"]).data.params
-    assert json.loads(params_logged["hyper"])["distill_weight"] == params["lifelong_gan"]["beta"]
+    assert json.loads(params_logged["hyper"])["options"]["beta"] == params["lifelong_gan"]["beta"]
 
     # The sample grid of the image scenario holds A | generated | B per task.
     with np.load(repo / "results/eval/image/gan-lifelong_gan-samples.npz") as f:

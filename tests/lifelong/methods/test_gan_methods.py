@@ -6,7 +6,6 @@ import torch
 from lifelong.methods.base import TaskInfo
 from lifelong.methods.gan import (
     GANFineTune,
-    GANJoint,
     GANMethod,
     GANStandalone,
     gan_loss_d,
@@ -39,25 +38,6 @@ def _batch(b=4):
 
 def _params(nets, names):
     return [p for n in names if n in nets for p in nets[n].parameters() if p.requires_grad]
-
-
-def _train_steps(method, nets, steps=3):
-    """The trainer's procedure from lifelong/methods/gan.py's docstring, on one fixed batch."""
-    opts = {n: torch.optim.Adam(nets[n].parameters(), lr=2e-4, betas=(0.5, 0.999)) for n in nets}
-    history = []
-    for _ in range(steps):
-        for o in opts.values():
-            o.zero_grad(set_to_none=True)
-        out = method.loss(nets, _batch())
-        keys = [k for k in method.LOSS_TARGETS if k in out]
-        for i, key in enumerate(keys):
-            torch.autograd.backward(
-                out[key], inputs=_params(nets, method.LOSS_TARGETS[key]), retain_graph=i < len(keys) - 1
-            )
-        for o in opts.values():
-            o.step()
-        history.append({k: v.item() for k, v in out.items()})
-    return history
 
 
 # --- losses ----------------------------------------------------------------------------------
@@ -121,29 +101,7 @@ def test_latent_regression_trains_g_only():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets["G"].parameters())
 
 
-# --- every method trains ---------------------------------------------------------------------
-@pytest.mark.parametrize("condition", CONDITIONS)
-@pytest.mark.parametrize("cls", [GANFineTune, GANJoint, GANStandalone, LifelongGAN])
-def test_methods_train_a_few_steps(cls, condition):
-    cfg = _cfg(condition)
-    method = cls(cfg, distill_weight=0.5, auxiliary="both", generator_seed=1, replay_ddim_steps=2)
-    teacher = _nets(condition, seed=9) if method.needs_teacher else None
-    task = TASK2 if teacher is not None else TASK1
-    nets = method.prepare(_nets(condition), task)
-    method.before_task(task, teacher)
-    before = copy.deepcopy(nets.state_dict())
-    torch.manual_seed(0)
-    history = _train_steps(method, nets)
-    assert all(torch.isfinite(torch.tensor(v)) for h in history for v in h.values())
-    assert any(not torch.equal(before[k], v) for k, v in nets.state_dict().items())
-    if cls is LifelongGAN:
-        assert history[-1]["loss_distill"] > 0
-        assert all(not p.requires_grad for p in teacher.parameters()) and not teacher.training
-    assert method.after_task() == {} and method.teacher is None
-
-
 def test_method_flags():
-    assert GANJoint.uses_all_seen_data and not GANFineTune.uses_all_seen_data
     assert LifelongGAN.needs_teacher and not GANStandalone.needs_teacher
     with pytest.raises(ValueError, match="teacher"):
         LifelongGAN(_cfg("label")).before_task(TASK2, None)
@@ -168,7 +126,7 @@ def test_standalone_prepare_returns_fresh_weights():
 def test_distillation_is_zero_for_a_copy_and_positive_after_perturbing(condition):
     nets = _nets(condition)
     teacher = copy.deepcopy(nets)
-    method = LifelongGAN(_cfg(condition), distill_weight=0.5)
+    method = LifelongGAN(_cfg(condition), beta=0.5)
     method.before_task(TASK2, teacher)
     out = method.loss(nets, _batch())
     assert out["loss_distill"].item() == 0.0
@@ -181,7 +139,7 @@ def test_distillation_is_zero_for_a_copy_and_positive_after_perturbing(condition
 @pytest.mark.parametrize("condition", CONDITIONS)
 def test_beta_zero_matches_finetune_and_task1_has_no_distillation(condition):
     nets, teacher = _nets(condition, seed=0), _nets(condition, seed=1)
-    ft, lg = GANFineTune(_cfg(condition)), LifelongGAN(_cfg(condition), distill_weight=0.0)
+    ft, lg = GANFineTune(_cfg(condition)), LifelongGAN(_cfg(condition), beta=0.0)
     ft.before_task(TASK2, None)
     lg.before_task(TASK2, teacher)
     torch.manual_seed(4)
@@ -191,7 +149,7 @@ def test_beta_zero_matches_finetune_and_task1_has_no_distillation(condition):
     assert got["loss_distill"] > 0
     assert torch.equal(got["loss_g"], expected["loss_g"]) and torch.equal(got["loss_d"], expected["loss_d"])
 
-    lg1 = LifelongGAN(_cfg(condition), distill_weight=1.0)
+    lg1 = LifelongGAN(_cfg(condition), beta=1.0)
     lg1.before_task(TASK1, None)
     torch.manual_seed(4)
     out1 = lg1.loss(nets, _batch())

@@ -1,0 +1,168 @@
+"""The learners as the worker loop drives them, in a plain process (no Ray): build from a
+TaskTrainConfig, step, export task 1's model file, continue from it on task 2."""
+
+import pytest
+import torch
+
+from lifelong.learners import DiffusionLearner, GANLearner
+from lifelong.methods import METHODS
+from lifelong.models import load_model, piggyback
+from lifelong.models.diffusion import ConditionalUNet, DiffusionConfig
+from lifelong.models.gan import GANConfig
+from lifelong.training import TaskTrainConfig
+
+CPU = torch.device("cpu")
+NO_AUTOCAST = torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=False)  # as the loop on CPU
+DIFFUSION = DiffusionConfig(image_size_px=8, in_channels=1, num_classes=4, block_out_channels=(8, 16))
+OPTIONS = {  # each method's params.yaml section, as the pipeline passes it
+    ("diffusion", "generative_replay"): {"weight": 0.5, "replay_ddim_steps": 1},
+    ("diffusion", "generative_distillation"): {"weight": 0.5, "replay_ddim_steps": 1},
+    ("gan", "lifelong_gan"): {"beta": 0.5, "auxiliary": "both"},
+    ("gan", "piggyback_gan"): {"filter_ratio": 0.5},
+}
+
+
+def _gan(condition):
+    return GANConfig(condition=condition, image_size_px=8, in_channels=1, num_classes=4, z_dim=4, width=8)
+
+
+def _config(tmp_path, family, method, model_cfg, task_index, init_state=None, **kw):
+    return TaskTrainConfig(
+        method=method,
+        model_config=model_cfg.to_dict(),
+        task_index=task_index,
+        task_classes=[0, 1] if task_index == 1 else [2, 3],
+        previous_classes=[] if task_index == 1 else [0, 1],
+        shards=[],
+        checkpoint_dir=str(tmp_path),
+        init_state=init_state,
+        lr=1e-3,
+        family=family,
+        options=OPTIONS.get((family, method), {}),
+        **kw,
+    )
+
+
+def _learner(cfg):
+    return {"diffusion": DiffusionLearner, "gan": GANLearner}[cfg.family](cfg, cfg.task_info(), CPU, rank=0)
+
+
+def _batch(cfg, seed):
+    """What the data loader yields: (x, label), or (A, B, label) for image-conditioned shards."""
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.rand(4, 1, 8, 8, generator=g) * 2 - 1 for _ in range(2 if cfg.paired else 1)]
+    return (*images, torch.tensor(cfg.task_classes * 2))
+
+
+def _train(learner, cfg, steps=2):
+    torch.manual_seed(0)
+    history = [learner.step(_batch(cfg, seed), NO_AUTOCAST) for seed in range(steps)]
+    assert all(torch.isfinite(v).item() for parts in history for v in parts.values())
+    return history
+
+
+def _export(learner, path):
+    torch.save(learner.export(), path)  # what the worker writes as final.pt
+    return str(path)
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module, prefix=""):
+    return any(not torch.equal(v, module.state_dict()[k]) for k, v in before.items() if k.startswith(prefix))
+
+
+def _assert_same(state, module):
+    assert state.keys() == module.state_dict().keys()
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in state.items())
+
+
+@pytest.mark.parametrize("method", list(METHODS["diffusion"]))
+def test_diffusion_learner_trains_two_tasks(tmp_path, method):
+    cfg1 = _config(tmp_path, "diffusion", method, DIFFUSION, 1)
+    first = _learner(cfg1)
+    assert type(first.model) is ConditionalUNet  # outside Ray: not DDP-wrapped
+    before = _snapshot(first.model)
+    _train(first, cfg1)
+    assert _changed(before, first.model)
+    task1 = _export(first, tmp_path / "task1.pt")
+
+    cfg2 = _config(tmp_path, "diffusion", method, DIFFUSION, 2, init_state=task1)
+    second = _learner(cfg2)
+    teacher_file = load_model(torch.load(task1, weights_only=True))
+    _assert_same(teacher_file.state_dict(), second.model)  # task 2 starts from task 1's weights
+    history = _train(second, cfg2)
+    assert _changed(teacher_file.state_dict(), second.model)
+    replays = second.method.needs_teacher
+    assert ("loss_replay" in history[-1]) == replays
+    if replays:  # the teacher is task 1's model, frozen, and stays so
+        teacher = second.method.teacher
+        assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+        _assert_same(teacher_file.state_dict(), teacher)
+
+
+@pytest.mark.parametrize("condition", ["label", "image"])
+@pytest.mark.parametrize("method", list(METHODS["gan"]))
+def test_gan_learner_trains_two_tasks(tmp_path, condition, method):
+    paired = condition == "image"
+    cfg1 = _config(tmp_path, "gan", method, _gan(condition), 1, paired=paired)
+    first = _learner(cfg1)
+    before = _snapshot(first.nets)
+    _train(first, cfg1)
+    for name in first.nets:  # every net (G, D; image: E and D2 too) has an optimizer and moved
+        assert name in first.optimizers and _changed(before, first.nets, prefix=f"{name}."), name
+    task1 = _export(first, tmp_path / "task1.pt")
+
+    cfg2 = _config(tmp_path, "gan", method, _gan(condition), 2, init_state=task1, paired=paired)
+    second = _learner(cfg2)
+    before = _snapshot(second.nets)
+    history = _train(second, cfg2)
+    assert {"loss_g", "loss_d"} <= set(history[-1])
+    assert all(_changed(before, second.nets, prefix=f"{name}.") for name in second.optimizers)
+    old = load_model(torch.load(task1, weights_only=True))
+
+    if method == "lifelong_gan":
+        assert history[-1]["loss_distill"] > 0
+        teacher = second.method.teacher
+        assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+        _assert_same(old.state_dict(), teacher)
+    if method == "piggyback_gan":  # task 1's generator, switched back to, is bit-identical to its file
+        G = second.nets["G"].eval()
+        assert piggyback.num_tasks(G) == 2 and piggyback.active_task(G) == 2
+        z = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+        first_input = torch.tensor([0, 1, 0, 1]) if condition == "label" else _batch(cfg2, 7)[0]
+        args = (z, first_input) if condition == "label" else (first_input, z)
+        with torch.no_grad():
+            task2_output = G(*args)
+            piggyback.set_task(G, 1)
+            assert torch.equal(G(*args), old["G"].eval()(*args))
+            assert not torch.equal(G(*args), task2_output)  # the two tasks' generators do differ
+        piggyback.set_task(G, 2)
+
+    task2 = load_model(torch.load(_export(second, tmp_path / "task2.pt"), weights_only=True))
+    _assert_same(task2.state_dict(), second.nets)  # the next task's stage starts from exactly these nets
+    assert second.method.teacher is None  # released by after_task
+
+
+@pytest.mark.parametrize("family, model_cfg", [("diffusion", DIFFUSION), ("gan", _gan("label"))])
+def test_a_learner_resumed_from_its_checkpoint_takes_the_same_step(tmp_path, family, model_cfg):
+    cfg = _config(tmp_path, family, "finetune", model_cfg, 1)
+    running = _learner(cfg)
+    _train(running, cfg, steps=1)
+    torch.save(running.state_dict(), tmp_path / "step.pt")  # as the loop writes step-*.pt
+    resumed = _learner(cfg)
+    resumed.load_state_dict(torch.load(tmp_path / "step.pt", weights_only=True))
+    for learner in (running, resumed):
+        torch.manual_seed(3)
+        learner.step(_batch(cfg, 5), NO_AUTOCAST)
+    net = "model" if family == "diffusion" else "nets"
+    _assert_same(getattr(running, net).state_dict(), getattr(resumed, net))
+
+
+def test_a_learner_rejects_an_option_its_method_does_not_have(tmp_path):
+    cfg = _config(tmp_path, "gan", "lifelong_gan", _gan("label"), 1)
+    cfg.options = {**cfg.options, "weight": 1.0}  # distill's knob, not lifelong_gan's
+    with pytest.raises(TypeError, match="weight"):
+        _learner(cfg)
