@@ -84,14 +84,15 @@ def _generate_task(model, model_cfg, j: int, classes: list[int], spec: dict, dev
                                   steps=int(spec["ddim_steps"]), seed=seed, device=device)
     if model_cfg.condition != "label":
         raise ValueError("the search objective measures label-conditioned GANs only (it generates per class)")
+    from lifelong.evaluation.generate import weights_for_task
     from lifelong.models import piggyback
 
     G = model["G"]
     if not piggyback.is_piggyback(G):
         return gan_generate_per_class(model, classes, per_class=per_class, seed=seed, device=device)
     current = piggyback.active_task(G)
-    piggyback.set_task(G, j)  # task j's generator: U_j, M_j over the bank F_j
-    try:
-        return gan_generate_per_class(model, classes, per_class=per_class, seed=seed, device=device)
+    try:  # task j's generator: U_j, M_j over the bank F_j, as the evaluation stage generates it
+        net = weights_for_task("task_filters", {current: model}, current, j)
+        return gan_generate_per_class(net, classes, per_class=per_class, seed=seed, device=device)
     finally:
         piggyback.set_task(G, current)

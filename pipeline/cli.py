@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from pipeline.params import ParamsError, Params, load_params, repo_root
-from pipeline.plan import PLAN_FILE, write_plan
+from pipeline.plan import PLAN_FILE, chain_stages, write_plan
 from pipeline.task import TELEMETRY_OFF, connect_ray, ray_address, use_local_mode
 
 # Stages every run chain needs; `lifelong repro -j N` runs them once, before the chains.
@@ -157,12 +157,14 @@ def repro(dvc_args: list[str], *, jobs: int | None = None, stage_server: bool = 
         if stage_server:
             session.start_stage_server()
         jobs = jobs or default_jobs(params)
-        chains = [f"evaluate_{scenario}@{run}" for scenario, run in params.runs()]
+        chains = [chain_stages(params, scenario, run) for scenario, run in params.runs()]
         if jobs == 1 or dvc_args or len(chains) < 2:
             return session.run(["repro", *dvc_args])  # DVC's own order, one stage at a time
         # Chains share nothing but these stages: run them once, then the chains side by side, each
-        # chain's train stages and evaluation in one `dvc repro`; the torch threads of the machine
-        # are split between them. The last `dvc repro` runs the report (and checks all is done).
+        # as one `dvc repro --single-item` of its own stages in order (a plain `dvc repro <target>`
+        # would also re-check the shared stages, whose outputs other chains are reading: DVC's
+        # per-path locks would refuse it); the machine's torch threads are split between them.
+        # The last `dvc repro` runs the report (and checks that everything is done).
         code = session.run(["repro", *SHARED_STAGES])
         if code:
             return code
@@ -170,7 +172,7 @@ def repro(dvc_args: list[str], *, jobs: int | None = None, stage_server: bool = 
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         saved = {k: env.get(k) for k in ("LIFELONG_TORCH_THREADS", "OMP_NUM_THREADS")}
         env.update(LIFELONG_TORCH_THREADS=threads, OMP_NUM_THREADS=threads)
-        code = session.run_parallel([["repro", chain] for chain in chains], jobs)
+        code = session.run_parallel([["repro", "--single-item", *chain] for chain in chains], jobs)
         env.update({k: v for k, v in saved.items() if v is not None})
         for k in (k for k, v in saved.items() if v is None):
             env.pop(k)

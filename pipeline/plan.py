@@ -75,6 +75,13 @@ def stage_name(scenario: str, run: str, k: int) -> str:
     return f"train_{scenario}_{run_spec(run).family}@{run}-task{k}"
 
 
+def chain_stages(params: Params, scenario: str, run: str) -> list[str]:
+    """The DVC stages of one run's chain, in order: its task-0 receipt, each task, its evaluation.
+    They share nothing with another chain but the stages `check`, `prepare*`, `classifier`, `tuned`."""
+    tasks = [stage_name(scenario, run, k) for k in range(1, params.num_tasks_of(scenario) + 1)]
+    return [f"start_{scenario}@{run}", *tasks, f"evaluate_{scenario}@{run}"]
+
+
 def stage_plan(params: Params) -> dict:
     """{"plan": {scenario: {family: {"<run>-task<k>": {run, task, prev, options}}}}}, the vars of dvc.yaml."""
     plan: dict = {}

@@ -57,18 +57,20 @@ def test_change_one_thing_reruns_only_what_it_touches(clone):
             receipt = json.loads((repo / f"results/receipts/label/{r}/task-{k}.json").read_text())
             assert str(client.get_model_version_by_alias(name, f"task-{k}").version) == receipt["version"]
     assert _stale(repo) == set()
-    original = (repo / "params.yaml").read_text()
 
-    # lifelong_gan.beta: only the gan-lifelong_gan train stages (and `check`, which reads every key).
+    # lifelong_gan.beta: only the gan-lifelong_gan train stages (and `check`, which reads every key) ...
     _edit(repo, lambda p: p["lifelong_gan"].update(beta=2.0))
     stale = _stale(repo)
     assert _trains(stale) == {"train_label_gan@gan-lifelong_gan-task1", "train_label_gan@gan-lifelong_gan-task2"}
     assert stale - _trains(stale) == {"check"}, stale
-    # ... and what a repro would run: those, their evaluation and the report
-    dry = run([str(BIN / "dvc"), "repro", "--dry"], repo).stdout
-    ran = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
+    # ... and a repro runs those, their evaluation and the report: one new version per task of that run
+    out = run([str(BIN / "dvc"), "repro"], repo).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"check", "train_label_gan@gan-lifelong_gan-task1", "train_label_gan@gan-lifelong_gan-task2",
                    "evaluate_label@gan-lifelong_gan", "report"}, ran
+    assert _versions(client, "it-label-gan-lifelong_gan") == [1, 2, 3, 4]
+    assert _versions(client, "it-label-gan-finetune") == [1, 2]
+    original = (repo / "params.yaml").read_text()
 
     # gan.lr: every GAN train stage, no diffusion stage.
     (repo / "params.yaml").write_text(original)
@@ -100,7 +102,7 @@ def test_change_one_thing_reruns_only_what_it_touches(clone):
     out = run([str(BIN / "dvc"), "repro"], repo)
     assert "Running stage" not in out.stdout, out.stdout
     for r in LABEL_RUNS:
-        assert _versions(client, f"it-label-{r}") == [1, 2]
+        assert len(_versions(client, f"it-label-{r}")) == (4 if r == "gan-lifelong_gan" else 2)
 
     # data.tasks is the only edit that changes the task sequence: `lifelong repro` re-plans the stages.
     _edit(repo, lambda p: p["data"].update(tasks=[[3, 2], [1], [0]]))
