@@ -44,7 +44,7 @@ def _wait_for_checkpoint(repo: Path, proc: subprocess.Popen, timeout: float = 60
     raise AssertionError(f"no checkpoint appeared; output:\n{out[-4000:]}")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_stops_everything_and_the_next_repro_resumes(clone, signum):
     params = tiny_params(train={"steps_per_task": 2000, "checkpoint_every_steps": 5, "log_every_steps": 5})
     params["scenarios"]["label"] = {"runs": ["diffusion-finetune"]}
@@ -89,7 +89,7 @@ def test_a_signal_stops_everything_and_the_next_repro_resumes(clone, signum):
     again = run([str(BIN / "lifelong"), "repro"], repo)
     assert "resuming from step-" in again.stdout, again.stdout[-3000:]
     version = json.loads(receipt.read_text())["version"]
-    assert [v.version for v in client.search_model_versions("name='it-label-diffusion-finetune'")] == [version]
+    assert [str(v.version) for v in client.search_model_versions("name='it-label-diffusion-finetune'")] == [version]
 
 
 def _shorten(repo: Path) -> None:
