@@ -49,6 +49,7 @@ import socket
 import struct
 import sys
 import time
+import warnings
 
 ENV_VAR = "LIFELONG_STAGE_SERVER"
 _IN_CHILD_VAR = "LIFELONG_STAGE_SERVER_CHILD"
@@ -255,6 +256,10 @@ def _run_stage(request: dict, fds: list[int], handler: int) -> None:
     sys.argv = [request["module"], *request["argv"]]
     if request["cwd"] not in sys.path:
         sys.path.insert(0, request["cwd"])
+    # The stage's module was preloaded (WARM_MODULES): running it again as __main__ is the point,
+    # so runpy's "found in sys.modules ... unpredictable behaviour" warning is noise here.
+    warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package",
+                            category=RuntimeWarning)
     code = 0
     try:
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)

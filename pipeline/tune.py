@@ -64,7 +64,7 @@ def build_space(tune_params: TuneParams) -> dict:
 
     space: dict = {}
     for key, p in tune_params.method_space.items():
-        integer = TUNABLE[key][0]
+        integer = TUNABLE[key]
         if p.type == "loguniform":
             dist = tune.loguniform(p.low, p.high)
         elif p.type == "uniform":

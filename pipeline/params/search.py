@@ -21,21 +21,23 @@ def split_run(run: str) -> tuple[str, str]:
     return family, method
 
 
-# Hyperparameters a search may vary: key path -> (integer?, the runs that use it). A run is
-# "<family>-<method>"; "<family>-*" stands for every method of the family.
-_REPLAY_RUNS = ("diffusion-generative_replay", "diffusion-generative_distillation")
-TUNABLE: dict[str, tuple[bool, tuple[str, ...]]] = {
-    "distill.weight": (False, _REPLAY_RUNS),  # lambda of generative replay / distillation
-    "distill.replay_ddim_steps": (True, _REPLAY_RUNS),  # S
-    "train.lr": (False, ("diffusion-*",)),
-    "gan.lr": (False, ("gan-*",)),
-    "lifelong_gan.beta": (False, ("gan-lifelong_gan",)),  # weight of L_DL
-    "piggyback_gan.filter_ratio": (False, ("gan-piggyback_gan",)),  # lambda: new free filters per task
+# Hyperparameters a search may vary: key path -> integer? (else float). Which runs use a key follows
+# from the method catalog: a method's own section (lifelong_gan.beta: gan-lifelong_gan) or its
+# family's learning rate (train.lr: every diffusion run, gan.lr: every GAN run).
+TUNABLE: dict[str, bool] = {
+    "distill.weight": False,  # lambda of generative replay / distillation
+    "distill.replay_ddim_steps": True,  # S
+    "train.lr": False,
+    "gan.lr": False,
+    "lifelong_gan.beta": False,  # weight of L_DL
+    "piggyback_gan.filter_ratio": False,  # lambda: new free filters per task
 }
+_FAMILY_LR = {"train.lr": "diffusion", "gan.lr": "gan"}
 # The search trains a run on the label scenario and measures every seen task with the run's final
-# model (piggyback_gan switched to each task's filters). Standalone keeps one model per task: its
-# earlier tasks are not the current model's, so a search over it would measure the wrong thing.
-UNTUNABLE_RUNS = ("gan-standalone",)
+# model (piggyback_gan switched to each task's filters). A method with one model per task
+# (standalone) generates its earlier tasks with other models, so a search over it would measure the wrong thing.
+UNTUNABLE_RUNS = tuple(spec.run for methods in CATALOG.values() for spec in methods.values()
+                       if spec.old_task_weights == "own_model")
 
 
 def tune_run(method: str) -> str:
@@ -50,8 +52,16 @@ def tune_run(method: str) -> str:
 
 
 def tunable_for(run: str, key: str) -> bool:
-    family, _ = split_run(run)
-    return run in TUNABLE[key][1] or f"{family}-*" in TUNABLE[key][1]
+    family, method = split_run(run)
+    if key in _FAMILY_LR:
+        return _FAMILY_LR[key] == family
+    spec = CATALOG.get(family, {}).get(method)
+    return spec is not None and spec.options == key.split(".")[0]
+
+
+def runs_using(key: str) -> list[str]:
+    """The runs a tunable key applies to (for error messages)."""
+    return [spec.run for methods in CATALOG.values() for spec in methods.values() if tunable_for(spec.run, key)]
 
 
 class SpaceParam(_Section):
@@ -137,10 +147,10 @@ def _space_errors(tune: TuneParams, method: str, space: dict[str, SpaceParam]) -
         if key not in TUNABLE:
             errors.append(f"{where}: unknown parameter; tunable: {', '.join(TUNABLE)}")
             continue
-        integer, runs = TUNABLE[key]
+        integer = TUNABLE[key]
         if not tunable_for(run, key):
             errors.append(f"{where}: method {method!r} does not use this parameter "
-                          f"(only {', '.join(runs)} do)")
+                          f"(only {', '.join(runs_using(key))} do)")
             continue
         if p.type in ("choice", "grid"):
             if p.low is not None or p.high is not None:
@@ -206,6 +216,6 @@ def with_values(params, values: dict):
         if key not in TUNABLE:
             raise ValueError(f"unknown tuned parameter {key!r}; tunable: {', '.join(TUNABLE)}")
         section, name = key.split(".")
-        value = int(value) if TUNABLE[key][0] else float(value)
+        value = int(value) if TUNABLE[key] else float(value)
         params = params.model_copy(update={section: getattr(params, section).model_copy(update={name: value})})
     return params

@@ -13,7 +13,7 @@ from tests.integration.conftest import BIN, run, tiny_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
-LABEL_RUNS = ["diffusion-finetune", "gan-finetune", "gan-lifelong_gan", "gan-piggyback_gan"]
+LABEL_RUNS = ["diffusion-finetune", "gan-lifelong_gan", "gan-piggyback_gan"]
 
 
 def _client(repo):
@@ -69,7 +69,7 @@ def test_change_one_thing_reruns_only_what_it_touches(clone):
     assert ran == {"check", "train_label_gan@gan-lifelong_gan-task1", "train_label_gan@gan-lifelong_gan-task2",
                    "evaluate_label@gan-lifelong_gan", "report"}, ran
     assert _versions(client, "it-label-gan-lifelong_gan") == [1, 2, 3, 4]
-    assert _versions(client, "it-label-gan-finetune") == [1, 2]
+    assert _versions(client, "it-label-gan-piggyback_gan") == [1, 2]
     original = (repo / "params.yaml").read_text()
 
     # gan.lr: every GAN train stage, no diffusion stage.
