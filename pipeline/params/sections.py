@@ -144,7 +144,7 @@ class TrainParams(_Section):
     max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: worker-group restarts before giving up
     loader_workers: int = Field(0, ge=0)  # DataLoader processes per Ray worker
     storage_path: str | None = None  # absolute path or URI for checkpoints; None: <repo>/runs
-    use_tuned: bool = False  # train stages apply results/tune/applied.json (the `tuned` stage's pick)
+    use_tuned: bool = False  # tune.method's label run applies results/tune/applied/<run>.json (the `tuned` stage's pick)
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainParams":
