@@ -54,12 +54,10 @@ class Session:
         self.dvc_procs: list[subprocess.Popen] = []
         self.server: subprocess.Popen | None = None
         self.server_dir: str | None = None
-        self.ray_started = False
 
     def start_ray(self, params: Params) -> None:
         # Starting a local Ray cluster costs ~15 s; pay it once here, not once per train stage.
         self.env["RAY_ADDRESS"] = connect_ray(params)
-        self.ray_started = True
         print(f"[lifelong] Ray cluster for this run at {self.env['RAY_ADDRESS']}", flush=True)
 
     def start_stage_server(self) -> None:
@@ -110,9 +108,8 @@ class Session:
                 proc.wait()
         if self.server_dir:
             shutil.rmtree(self.server_dir, ignore_errors=True)
-        if self.ray_started:
-            import ray
-
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():  # stops the cluster this process started, or detaches
             ray.shutdown()
 
 
@@ -135,7 +132,8 @@ def default_jobs(params: Params) -> int:
         return cpus
     import ray
 
-    total = ray.cluster_resources() if ray.is_initialized() else {"CPU": cpus}
+    connect_ray(params)  # the cluster `lifelong repro` started, or the one it attaches to
+    total = ray.cluster_resources()
     t = params.train
     if t.use_gpu:
         return max(1, int(total.get("GPU", 0) // t.num_workers))
@@ -182,6 +180,8 @@ def repro(dvc_args: list[str], *, jobs: int | None = None, stage_server: bool = 
               "checkpoint", file=sys.stderr, flush=True)
         return 128 + stop.signum
     finally:
+        for s in previous:  # a second Ctrl-C must not cut the clean-up short (it takes seconds)
+            signal.signal(s, signal.SIG_IGN)
         session.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
