@@ -222,6 +222,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--skip-cluster", action="store_true", help="skip the 1-actor-worker Ray cluster run")
     ap.add_argument("--skip-stage", action="store_true", help="skip the stage fixed-cost measurement")
+    ap.add_argument("--only-stage", action="store_true", help="only the stage fixed-cost measurement ([4])")
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     args = ap.parse_args()
     from pipeline.params import load_params
@@ -231,7 +232,8 @@ def main() -> int:
         raw = yaml.safe_load(f)
     with tempfile.TemporaryDirectory(prefix="lifelong-bench-") as tmp:
         work = Path(tmp)
-        bench_step_times(params, work, args.steps, cluster=not args.skip_cluster)
+        if not args.only_stage:
+            bench_step_times(params, work, args.steps, cluster=not args.skip_cluster)
         if not args.skip_stage:
             bench_stage(raw, work)
     print(f"\n| measurement | value | target | |\n|---|---|---|---|")
