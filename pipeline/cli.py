@@ -58,6 +58,9 @@ class Session:
     def start_ray(self, params: Params) -> None:
         # Starting a local Ray cluster costs ~15 s; pay it once here, not once per train stage.
         self.env["RAY_ADDRESS"] = connect_ray(params)
+        # A new local cluster turns on token auth in this process (RAY_AUTH_MODE=token); stages attach
+        # by explicit address, which never turns it on by itself: hand them the mode.
+        self.env.update({k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH_")})
         print(f"[lifelong] Ray cluster for this run at {self.env['RAY_ADDRESS']}", flush=True)
 
     def start_stage_server(self) -> None:
