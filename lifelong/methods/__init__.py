@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lifelong.catalog import method_spec
 from lifelong.methods.base import Method, TaskInfo
 from lifelong.methods.diffusion import DiffusionMethod
 from lifelong.methods.finetune import FineTune
@@ -50,12 +51,8 @@ def family_of(cfg: Any) -> str:
 
 
 def method_class(family: str, name: str) -> type[Method]:
-    if family not in METHODS:
-        raise ValueError(f"unknown model family {family!r}; valid: {', '.join(METHODS)}")
-    try:
-        return METHODS[family][name]
-    except KeyError:
-        raise ValueError(f"unknown {family} method {name!r}; valid names: {', '.join(sorted(METHODS[family]))}") from None
+    method_spec(family, name)  # one error listing the valid names on a typo (the catalog has the same keys)
+    return METHODS[family][name]
 
 
 def make_method(name: str, cfg: Any, **kwargs: Any) -> Method:
