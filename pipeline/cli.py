@@ -73,8 +73,8 @@ class Session:
                                        env=self.env, cwd=repo_root(), start_new_session=True)
         self.env[ENV_VAR] = path
 
-    def dvc(self, args: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen([_dvc(), "--wait-for-lock", *args], env=self.env, cwd=repo_root(),
+    def dvc(self, args: list[str], **env: str) -> subprocess.Popen:
+        proc = subprocess.Popen([_dvc(), "--wait-for-lock", *args], env={**self.env, **env}, cwd=repo_root(),
                                 start_new_session=True)
         self.dvc_procs.append(proc)
         return proc
@@ -82,12 +82,12 @@ class Session:
     def run(self, args: list[str]) -> int:
         return self.dvc(args).wait()
 
-    def run_parallel(self, commands: list[list[str]], jobs: int) -> int:
+    def run_parallel(self, commands: list[list[str]], jobs: int, **env: str) -> int:
         """Each command as its own `dvc`, at most `jobs` at once; the first failure stops new starts."""
         pending, running, code = list(commands), [], 0
         while pending or running:
             while pending and len(running) < jobs and code == 0:
-                running.append(self.dvc(pending.pop(0)))
+                running.append(self.dvc(pending.pop(0), **env))
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
                 running.remove(proc)
@@ -171,12 +171,8 @@ def repro(dvc_args: list[str], *, jobs: int | None = None, stage_server: bool = 
             return code
         print(f"[lifelong] {len(chains)} run chains, up to {jobs} at once (-j 1: one stage at a time)", flush=True)
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
-        saved = {k: env.get(k) for k in ("LIFELONG_TORCH_THREADS", "OMP_NUM_THREADS")}
-        env.update(LIFELONG_TORCH_THREADS=threads, OMP_NUM_THREADS=threads)
-        code = session.run_parallel([["repro", "--single-item", *chain] for chain in chains], jobs)
-        env.update({k: v for k, v in saved.items() if v is not None})
-        for k in (k for k, v in saved.items() if v is None):
-            env.pop(k)
+        code = session.run_parallel([["repro", "--single-item", *chain] for chain in chains], jobs,
+                                    LIFELONG_TORCH_THREADS=threads, OMP_NUM_THREADS=threads)
         return code or session.run(["repro"])
     except Stop as stop:
         print(f"\n[lifelong] {stop}: stopping every stage; the next `lifelong repro` resumes from the last "

@@ -44,8 +44,12 @@ class Layout:
     def checked(self) -> Path:  # the `check` stage's output, which every other stage depends on
         return self.root / "results" / "checked.json"
 
+    @property
+    def applied_dir(self) -> Path:  # the `tuned` stage's output: one file per label run
+        return self.root / "results" / "tune" / "applied"
+
     def applied(self, run: str) -> Path:  # the tuned values a label run's train stages apply ({}: none)
-        return self.root / "results" / "tune" / "applied" / f"{run}.json"
+        return self.applied_dir / f"{run}.json"
 
     @property
     def classifier(self) -> Path:

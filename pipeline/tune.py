@@ -51,7 +51,7 @@ def write_applied(params: Params, lay: Layout) -> None:
     left untouched, so only the tuned run's train stages see a changed dependency."""
     for run, values in select(params, lay).items():
         write_json(lay.applied(run), values)
-    for stale in lay.applied("x").parent.glob("*.json"):
+    for stale in lay.applied_dir.glob("*.json"):
         if stale.stem not in params.scenarios.label.runs:
             stale.unlink()
 

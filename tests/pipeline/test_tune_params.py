@@ -131,17 +131,17 @@ def test_train_stage_applies_the_tuned_config_to_its_own_label_run_only(raw, tmp
     result_path(lay, "gan-lifelong_gan").write_text(
         '{"best": {"config": {"lifelong_gan.beta": 4.0}, "objective": 1.0}}')
     write_applied(params, lay)  # the `tuned` stage: one file per label run
-    assert sorted(p.stem for p in lay.applied("x").parent.iterdir()) == sorted(params.scenarios.label.runs)
+    assert sorted(p.stem for p in lay.applied_dir.iterdir()) == sorted(params.scenarios.label.runs)
     tuned, values = apply_tuned(params, "label", "gan-lifelong_gan", lay)
     assert tuned.lifelong_gan.beta == 4.0 and values == {"lifelong_gan.beta": 4.0}
     for scenario, run in (("image", "gan-lifelong_gan"), ("label", "gan-finetune")):
         assert apply_tuned(params, scenario, run, lay) == (params, {})
     # every other run's file is {} and stays byte-identical when the search moves to another method
-    before = {p.name: p.read_bytes() for p in lay.applied("x").parent.iterdir()}
+    before = {p.name: p.read_bytes() for p in lay.applied_dir.iterdir()}
     raw["tune"]["method"] = "gan-piggyback_gan"
     result_path(lay, "gan-piggyback_gan").write_text(
         '{"best": {"config": {"piggyback_gan.filter_ratio": 0.3}, "objective": 1.0}}')
     write_applied(parse_params(raw), lay)
-    after = {p.name: p.read_bytes() for p in lay.applied("x").parent.iterdir()}
+    after = {p.name: p.read_bytes() for p in lay.applied_dir.iterdir()}
     changed = {name for name in before if before[name] != after[name]}
     assert changed == {"gan-lifelong_gan.json", "gan-piggyback_gan.json"}
