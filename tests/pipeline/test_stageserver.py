@@ -90,7 +90,7 @@ def _alive(pid: int) -> bool:
     """Whether pid runs (a zombie does not count: it has exited, its reaper just has not waited yet)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or exiting while we read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
