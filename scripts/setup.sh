@@ -12,6 +12,17 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
     || echo "setup: could not apt-get dataset-fashion-mnist; prepare will use data.root, torchvision or fail with the fix") || true
 fi
 
+# 1b. The team stack's PostgreSQL server binaries (`lifelong stack up`) and the browser of the UI check:
+# Debian's postgresql and chromium. Without root or apt, `lifelong stack up` names what is missing.
+missing=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1; } \
+    || echo "setup: could not apt-get ${missing[*]}; the team stack and the UI check need them") || true
+fi
+
 # 2. Python environment: uv resolves and installs the whole pinned set in well under a minute.
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
