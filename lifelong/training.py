@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -123,7 +123,10 @@ def load_model_file(path: str | Path, device: torch.device | str = "cpu") -> tor
 
 # --- the worker loop -------------------------------------------------------------------------
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: dict, on_log: Callable[[dict], None] | None = None) -> None:
+    """Train one task (Ray Train's loop function). `on_log(metrics)`, if given, is called on rank 0
+    every `log_every` steps with the same metrics that are reported and written to metrics.jsonl:
+    the pipeline logs them to MLflow live (this library knows nothing of MLflow)."""
     import ray.train
 
     from lifelong.data import train_batches, train_pair_batches
@@ -191,9 +194,11 @@ def train_loop_per_worker(config: dict) -> None:
                 from lifelong.tuning import measure
 
                 metrics.update(measure(*learner.eval_model(), cfg.objective, real, device))
-            if rank == 0:  # the driver logs this curve to MLflow (Ray keeps only the last report in local mode)
+            if rank == 0:  # the curve stays with the checkpoints (Ray keeps only the last report in local mode)
                 with open(ckpt_dir / METRICS_NAME, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
+                if on_log is not None:
+                    on_log(metrics)
             ray.train.report(metrics)
 
     if step != cfg.steps:

@@ -7,6 +7,9 @@ so nothing is downloaded) and the judge of generated labels. Registered in MLflo
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import time
 
 import numpy as np
@@ -50,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_metrics({"test_accuracy": test_acc, "train_seconds": seconds})
         receipt = register_model_version(
             name=f"{params.experiment}-classifier", model_file=lay.classifier, run_id=run.info.run_id,
-            experiment_id=experiment_id, alias="current", tags=tags,
+            experiment_id=experiment_id, alias="current", tags=tags, logged_name="classifier",
+            run_key=hashlib.sha256(json.dumps({"data": manifest["digest"], "seed": params.seed,
+                                               "classifier": params.classifier.model_dump(),
+                                               "cfg": cfg.__dict__}, sort_keys=True, default=str).encode()).hexdigest()[:12],
         )
     receipt.update(test_accuracy=test_acc, data_digest=manifest["digest"])
     write_json(lay.classifier_receipt, receipt)

@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", required=True, choices=["label", "image"])
     ap.add_argument("--run", required=True, help="<family>-<method>")
     args = ap.parse_args(argv)
-    import mlflow
     import torch
     from mlflow import MlflowClient
 
@@ -97,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples.update(grid_samples(scenario, j, images, labels, real[j]))
             row.update({f"eval/{key}_mean_seen": float(np.mean(vals)) for key in keys
                         if (vals := [v for v in matrix[key][k - 1][:k] if v is not None])})
-            with mlflow.start_run(run_id=receipt["run_id"]):
-                mlflow.log_metrics(row, step=k)
+            _log(client, receipt["run_id"], row, step=k)  # never reopens the run: its duration stays the task's
             print(f"[evaluate] {scenario}/{run} after task {k}: FID " +
                   " ".join(f"{matrix['fid'][k - 1][j]:.1f}" for j in range(k)), flush=True)
             if spec.old_task_weights != "own_model":
@@ -108,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     last = receipts[-1]
     for key, value in summary.items():  # "register forgetting metrics" on the final model version
         client.set_model_version_tag(last["model_name"], last["version"], key, "" if value is None else f"{value:.6g}")
-    with mlflow.start_run(run_id=last["run_id"]):
-        mlflow.log_metrics({k: v for k, v in summary.items() if v is not None})
+    final = {k: v for k, v in summary.items() if v is not None}
+    for run_id in {last["run_id"], last.get("parent_run_id")} - {None}:  # the last task's run and the chain's
+        _log(client, run_id, final)
 
     out = {
         "scenario": scenario, "run": run, "family": family, "method": method, "matrix": matrix, **summary,
@@ -121,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     write_json(lay.eval_result(scenario, run), out)
     np.savez_compressed(lay.eval_samples(scenario, run), **samples)
     return 0
+
+
+def _log(client, run_id: str, metrics: dict, step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(v), now, step) for key, v in metrics.items()])
 
 
 def generate_task(params, scenario: str, family: str, net, cfg, j: int, real_j, device):

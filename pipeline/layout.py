@@ -134,7 +134,9 @@ def run_stage(main) -> None:
         # `lifelong repro -j N` splits the cores between the chains it runs at once; OMP_NUM_THREADS
         # does that for a cold stage, this for one forked from the warm stage server (torch is loaded)
         sys.modules["torch"].set_num_threads(int(threads))
-    user_errors: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, LookupError)
+    from pipeline.registry import TrackingUnavailable
+
+    user_errors: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, LookupError, TrackingUnavailable)
     try:
         from lifelong.data import DataSourceError, ShardError
 

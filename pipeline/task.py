@@ -107,8 +107,9 @@ def connect_ray(params: Params, **env: str) -> str:
 
 
 def fit(cfg: dict, params: Params, *, name: str, storage_path: str, num_workers: int | None = None,
-        callbacks: list | None = None):
-    """Run `lifelong.training.train_loop_per_worker(cfg)` as one Ray Train job; returns its Result.
+        callbacks: list | None = None, loop=None):
+    """Run `loop(cfg)` (default: `lifelong.training.train_loop_per_worker`) as one Ray Train job;
+    returns its Result.
 
     num_workers=None: the train stage's choice (local mode for one CPU worker, else train.num_workers
     DDP workers on the cluster).
@@ -123,7 +124,7 @@ def fit(cfg: dict, params: Params, *, name: str, storage_path: str, num_workers:
     if num_workers > 0:
         connect_ray(params, RAY_CHDIR_TO_TRIAL_DIR="0")
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        loop or train_loop_per_worker,
         train_loop_config=cfg,
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=params.train.use_gpu,

@@ -6,6 +6,10 @@ A run is <family>-<method>. Reads task k's shards and (k >= 2) task k-1's regist
 the receipt the previous stage wrote; trains with Ray Train; registers the result as a new version
 of `<experiment>-<scenario>-<run>` with alias `task-<k>`; writes the receipt the next stage depends
 on. The receipt is written last, so DVC never records a stage whose model is not registered.
+
+In MLflow (pipeline/tracking.py) the task is one run, open while it trains and nested under the
+chain's parent run `<scenario>/<run>`; rank 0 logs the losses live. The version is a pyfunc generator
+(pipeline/pyfunc_model.py); registering it again after a kill reuses it (pipeline/registry.py).
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import time
 import warnings
 from pathlib import Path
 
+import mlflow
+
 from lifelong.catalog import run_spec
 from pipeline.layout import Layout, git_commit, layout, read_json, run_stage, write_json
 from pipeline.params import Params, load_params
 from pipeline.plan import result_values, stage_name
-from pipeline.registry import download_model_version, model_name, register_model_version, setup_mlflow
+from pipeline.registry import download_model_version, failpoint, model_name, register_model_version, setup_mlflow
 from pipeline.task import apply_tuned, budget, fit, model_config, use_local_mode
+from pipeline.tracking import chain_run, log_curve, task_run, train_loop
 
 
 def flat_params(params: Params) -> dict[str, str]:
@@ -55,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = run_spec(run)
     # train.use_tuned: the `tuned` stage's pick for this run (results/tune/applied/<run>.json) replaces the defaults.
     params, tuned = apply_tuned(params, scenario, run, lay)
+    # MLflow answers (or the stage stops here, in seconds, with the URI and the fix).
+    experiment_id = setup_mlflow(params, lay)
 
     # [1] data: verified before anything expensive; joint trains on tasks 1..k, every other method on task k.
     data_tasks = list(range(1, k + 1)) if spec.trains_on_seen_tasks else [k]
@@ -69,47 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     # [3] the run directory, keyed by exactly what determines the result (pipeline/plan.py): same
     # inputs -> same directory -> an interrupted task resumes; a changed result key -> a fresh one.
     # Operational keys (logging, checkpoint cadence, storage, workers' placement) are not in the key.
-    run_key = hashlib.sha256(json.dumps({
-        "scenario": scenario, "run": run, "task": k, "result": result_values(params, run), "tuned": tuned,
-        "classes": params.task_classes(scenario, k), "num_classes": params.num_classes,
-        "data": data_digest, "prev": prev_receipt and prev_receipt["model_id"],
-    }, sort_keys=True).encode()).hexdigest()[:12]
+    chain = {"scenario": scenario, "run": run, "result": result_values(params, run), "tuned": tuned}
+    run_key = _key({**chain, "task": k, "classes": params.task_classes(scenario, k),
+                    "num_classes": params.num_classes, "data": data_digest,
+                    "prev": prev_receipt and prev_receipt["model_id"]})
     storage_path = lay.storage_path(params)
     if "://" in storage_path:
         raise SystemExit("train.storage_path URIs are not supported for checkpoints yet; use a shared mount")
-    run_name = f"{params.experiment}-{scenario}-{run}-task{k}-{run_key}"
-    run_dir = Path(storage_path) / run_name
+    ray_name = f"{params.experiment}-{scenario}-{run}-task{k}-{run_key}"
+    run_dir = Path(storage_path) / ray_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # [4] train: one Ray Train job, starting from the previous task's registered model.
-    experiment_id = setup_mlflow(params, lay)
-    init_state = None
-    if prev_receipt is not None:
-        init_state = str(download_model_version(prev_receipt["model_name"], prev_receipt["version"],
-                                                run_dir / "previous", stage_hint=stage_name(scenario, run, k - 1)))
-    from lifelong.training import TaskTrainConfig, read_metrics
-
-    previous_classes = sorted({c for t in range(1, k) for c in params.task_classes(scenario, t)})
-    hyper = budget(params, run)
-    cfg = TaskTrainConfig(
-        method=spec.name, family=spec.family, paired=scenario == "image",
-        model_config=model_config(params, scenario, spec.family), task_index=k,
-        task_classes=params.task_classes(scenario, k), previous_classes=previous_classes, shards=shards,
-        checkpoint_dir=str(run_dir / "checkpoints"), init_state=init_state, grad_clip=params.train.grad_clip,
-        checkpoint_every=params.train.checkpoint_every_steps, log_every=params.train.log_every_steps,
-        seed=params.seed, use_gpu=params.train.use_gpu, loader_workers=params.train.loader_workers, **hyper,
-    )
-    t_fit = time.time()
-    fit(cfg.to_dict(), params, name=run_name, storage_path=storage_path)
-    fit_seconds = time.time() - t_fit
-    final = Path(cfg.checkpoint_dir) / "final.pt"
-    if not final.exists():
-        raise RuntimeError(f"training finished but {final} is missing")
-
-    # [5] MLflow: a run with params, lineage inputs and the loss curve; then the registered version.
-    t_register = time.time()
-    curve = {int(m["step"]): m for m in read_metrics(cfg.checkpoint_dir)}
-    train_seconds = max((m.get("train_seconds", 0.0) for m in curve.values()), default=0.0)
+    # [4] the MLflow runs: the chain's parent run and this task's run, open (live) for the whole task.
     tags = {
         "scenario": scenario, "family": spec.family, "method": spec.name, "run": run, "task": str(k),
         "classes": json.dumps(params.task_classes(scenario, k)),
@@ -117,17 +97,64 @@ def main(argv: list[str] | None = None) -> int:
         "data_digest": data_digest, "git_commit": git_commit(lay.root),
         "dvc_stage": os.environ.get("DVC_STAGE", stage_name(scenario, run, k)),
     }
-    receipt = log_and_register(params, lay, experiment_id, scenario, run, k, tags=tags, hyper=hyper, tuned=tuned,
-                               run_dir=run_dir, data_tasks=data_tasks, prev_receipt=prev_receipt, curve=curve,
-                               metrics={"train_seconds": train_seconds, "stage_fit_seconds": fit_seconds},
-                               model_file=final)
+    from mlflow import MlflowClient
 
-    # [6] the receipt the next task's stage depends on: written last, so DVC never records a task
+    parent_id = chain_run(MlflowClient(), experiment_id, scenario=scenario, run=run, chain_key=_key(chain),
+                          params={"scenario": scenario, "run": run, "family": spec.family, "method": spec.name,
+                                  "hyper": json.dumps(budget(params, run), sort_keys=True)})
+    with task_run(experiment_id, parent_id=parent_id, run_key=run_key, name=f"{scenario}/{run}/task-{k}",
+                  tags=tags) as mlflow_run_id:
+        log_lineage(params, lay, scenario, run, k, hyper=budget(params, run), tuned=tuned, run_dir=run_dir,
+                    data_tasks=data_tasks, prev_receipt=prev_receipt, data_digest=data_digest)
+
+        # [5] train: one Ray Train job, starting from the previous task's registered model; rank 0
+        # logs its losses to this run as it trains.
+        init_state = None
+        if prev_receipt is not None:
+            init_state = str(download_model_version(prev_receipt["model_name"], prev_receipt["version"],
+                                                    run_dir / "previous", stage_hint=stage_name(scenario, run, k - 1)))
+        from lifelong.training import TaskTrainConfig, read_metrics
+
+        previous_classes = sorted({c for t in range(1, k) for c in params.task_classes(scenario, t)})
+        cfg = TaskTrainConfig(
+            method=spec.name, family=spec.family, paired=scenario == "image",
+            model_config=model_config(params, scenario, spec.family), task_index=k,
+            task_classes=params.task_classes(scenario, k), previous_classes=previous_classes, shards=shards,
+            checkpoint_dir=str(run_dir / "checkpoints"), init_state=init_state, grad_clip=params.train.grad_clip,
+            checkpoint_every=params.train.checkpoint_every_steps, log_every=params.train.log_every_steps,
+            seed=params.seed, use_gpu=params.train.use_gpu, loader_workers=params.train.loader_workers,
+            **budget(params, run),
+        )
+        log_curve(mlflow_run_id, read_metrics(cfg.checkpoint_dir))  # an interrupted attempt's part of the curve
+        t_fit = time.time()
+        fit({**cfg.to_dict(), "mlflow": {"tracking_uri": mlflow.get_tracking_uri(), "run_id": mlflow_run_id}},
+            params, name=ray_name, storage_path=storage_path, loop=train_loop)
+        fit_seconds = time.time() - t_fit
+        final = Path(cfg.checkpoint_dir) / "final.pt"
+        if not final.exists():
+            raise RuntimeError(f"training finished but {final} is missing")
+        curve = {int(m["step"]): m for m in read_metrics(cfg.checkpoint_dir)}
+        train_seconds = max((m.get("train_seconds", 0.0) for m in curve.values()), default=0.0)
+        mlflow.log_metrics({"train_seconds": train_seconds, "stage_fit_seconds": fit_seconds})
+
+        # [6] the registered version (found again, never duplicated, if an earlier attempt got that far)
+        t_register = time.time()
+        receipt = register_model_version(
+            name=model_name(params, scenario, run), model_file=final, run_id=mlflow_run_id,
+            experiment_id=experiment_id, alias=f"task-{k}", run_key=run_key, tags=tags,
+            logged_name=f"{run}-task{k}",
+            generator={"scenario": scenario, "run": run, "task": k, "classes": params.task_classes(scenario, k),
+                       "seed": params.seed * 100 + k, "batch_size": params.eval.batch_size,
+                       "ddim_steps": params.eval.ddim_steps},
+        )
+
+    # [7] the receipt the next task's stage depends on: written last, so DVC never records a task
     # whose model is not registered.
+    failpoint("before_receipt")
     last = curve[max(curve)] if curve else {}
     receipt.update(scenario=scenario, run=run, family=spec.family, method=spec.name, task=k, data_digest=data_digest,
                    train_seconds=train_seconds, classes=params.task_classes(scenario, k),
-                   previous_classes=previous_classes,
+                   previous_classes=previous_classes, run_key=run_key, parent_run_id=parent_id,
                    timing={"main_started": t_start, "first_step": last.get("first_step_wall"),
                            "last_step": last.get("wall_time"), "registered": time.time()})
     write_json(lay.receipt(scenario, run, k), receipt)
@@ -139,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(alias task-{k}); train {train_seconds:.1f}s, fit {fit_seconds:.1f}s, "
           f"register {time.time() - t_register:.1f}s, stage {time.time() - t_start:.1f}s", flush=True)
     return 0
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def check_stage_args(params: Params, scenario: str, run: str, k: int) -> None:
@@ -163,39 +194,27 @@ def task_data(lay: Layout, scenario: str, data_tasks: list[int]) -> tuple[list[s
     return shards, digest
 
 
-def log_and_register(params: Params, lay: Layout, experiment_id: str, scenario: str, run: str, k: int, *,
-                     tags: dict, hyper: dict, tuned: dict, run_dir: Path, data_tasks: list[int],
-                     prev_receipt: dict | None, curve: dict, metrics: dict, model_file: Path) -> dict:
-    """One MLflow run for the task (params, data and parent-model lineage, loss curve), and the model
-    registered as a new version of `<experiment>-<scenario>-<run>` with alias task-<k>."""
-    import mlflow
+def log_lineage(params: Params, lay: Layout, scenario: str, run: str, k: int, *, hyper: dict, tuned: dict,
+                run_dir: Path, data_tasks: list[int], prev_receipt: dict | None, data_digest: str) -> None:
+    """The active task run's params (params.yaml flattened, the task, the tuned values) and lineage
+    inputs: the shards it trains on (with their digest) and the previous task's logged model."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import LoggedModelInput
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{scenario}/{run}/task-{k}", tags=tags) as mlrun:
-        mlflow.log_params(flat_params(params))
-        mlflow.log_params({"task": k, "task_classes": json.dumps(params.task_classes(scenario, k)),
-                           "hyper": json.dumps(hyper, sort_keys=True),
-                           "ray_local_mode": use_local_mode(params), "run_dir": str(run_dir)})
-        mlflow.log_params({"tuned": bool(tuned), **{f"tuned.{key}": v for key, v in tuned.items()}})
-        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both are local paths
-            warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(_source(lay, scenario, data_tasks))
-        mlflow.log_input(MetaDataset(source=source, name=f"{params.data.dataset}-{scenario}-tasks-"
-                                     + "-".join(map(str, data_tasks)), digest=tags["data_digest"][:16]),
-                         context="training")
-        if prev_receipt is not None:
-            mlflow.log_input(model=LoggedModelInput(prev_receipt["model_id"]))
-        for step in sorted(curve):
-            mlflow.log_metrics({f"train/{key}": float(v) for key, v in curve[step].items()
-                                if key not in ("step", "resumed_from", "first_step_wall", "wall_time")}, step=step)
-        mlflow.log_metrics(metrics)
-        return register_model_version(
-            name=model_name(params, scenario, run), model_file=model_file, run_id=mlrun.info.run_id,
-            experiment_id=experiment_id, alias=f"task-{k}", tags=tags,
-            params={"scenario": scenario, "run": run, "task": str(k)},
-        )
+    mlflow.log_params(flat_params(params))
+    mlflow.log_params({"task": k, "task_classes": json.dumps(params.task_classes(scenario, k)),
+                       "hyper": json.dumps(hyper, sort_keys=True),
+                       "ray_local_mode": use_local_mode(params), "run_dir": str(run_dir)})
+    mlflow.log_params({"tuned": bool(tuned), **{f"tuned.{key}": v for key, v in tuned.items()}})
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both are local paths
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(_source(lay, scenario, data_tasks))
+    mlflow.log_input(MetaDataset(source=source, name=f"{params.data.dataset}-{scenario}-tasks-"
+                                 + "-".join(map(str, data_tasks)), digest=data_digest[:16]),
+                     context="training")
+    if prev_receipt is not None:
+        mlflow.log_input(model=LoggedModelInput(prev_receipt["model_id"]))
 
 
 def _task_digest(manifest: dict, task: int) -> str:

@@ -14,12 +14,20 @@ def generate_per_class(model, classes: list[int], *, per_class: int, cfg: Diffus
                        device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """`per_class` DDIM samples of each class: uint8 images (N, H, W) and their labels (N,)."""
     labels = torch.tensor(np.repeat(classes, per_class), dtype=torch.long)
+    return generate(model, labels, cfg=cfg, steps=steps, seed=seed, batch_size=batch_size, device=device), labels.numpy()
+
+
+@torch.no_grad()
+def generate(model, labels: torch.Tensor, *, cfg: DiffusionConfig, steps: int, seed: int, batch_size: int = 500,
+             device: torch.device | str = "cpu") -> np.ndarray:
+    """One DDIM sample per label (a long tensor (N,)): uint8 images (N, H, W). Same seed, labels and
+    batch_size: the same images, bit for bit."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     images = []
     for chunk in labels.split(batch_size):
         x = ddim_sample(model, chunk.to(device), cfg=cfg, num_steps=steps, generator=gen)
         images.append(to_uint8(x).cpu()[:, 0])  # (B, 1, H, W) -> (B, H, W): our images are grayscale
-    return torch.cat(images).numpy(), labels.numpy()
+    return torch.cat(images).numpy()
 
 
 def _gan_batches(nets, n: int, batch_size: int, seed: int, device, make_batch):
@@ -38,9 +46,14 @@ def gan_generate_per_class(nets, classes: list[int], *, per_class: int, seed: in
                            device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Label-conditioned GAN: G(z, y) for `per_class` random z per class: uint8 (N, H, W) and labels (N,)."""
     labels = torch.tensor(np.repeat(classes, per_class), dtype=torch.long)
-    images = _gan_batches(nets.eval(), len(labels), batch_size, seed, device,
-                          lambda i, j: {"y": labels[i:j]})
-    return images, labels.numpy()
+    return gan_generate(nets, labels, seed=seed, batch_size=batch_size, device=device), labels.numpy()
+
+
+@torch.no_grad()
+def gan_generate(nets, labels: torch.Tensor, *, seed: int, batch_size: int = 500,
+                 device: torch.device | str = "cpu") -> np.ndarray:
+    """Label-conditioned GAN: G(z, y) for one random z per label (a long tensor (N,)): uint8 (N, H, W)."""
+    return _gan_batches(nets.eval(), len(labels), batch_size, seed, device, lambda i, j: {"y": labels[i:j]})
 
 
 @torch.no_grad()
