@@ -1,9 +1,10 @@
 """`lifelong`: the few commands a user needs around `dvc repro`.
 
     lifelong repro [-j N] [DVC ARGS]   dvc repro: shared stages, then up to N run chains at once, then the report
-    lifelong ui [--port N]             the MLflow UI on 127.0.0.1 over this repository's mlflow.db
+    lifelong ui [--port N]             the MLflow UI on 127.0.0.1 over this repository's mlflow.db, read-only
     lifelong check                     validate params.yaml (every error names its key path)
     lifelong plan                      write pipeline/stages.yaml (the train stages) for params.yaml
+    lifelong stack up|down|status      team MLflow on 127.0.0.1: PostgreSQL + S3 (SeaweedFS) + mlflow server
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 
+from pipeline import stack
 from pipeline.params import ParamsError, Params, load_params, repo_root
 from pipeline.plan import PLAN_FILE, chain_stages, write_plan
 from pipeline.task import TELEMETRY_OFF, connect_ray, ray_address, use_local_mode
@@ -187,13 +189,17 @@ def repro(dvc_args: list[str], *, jobs: int | None = None, stage_server: bool = 
 
 
 def ui(port: int) -> int:
-    root = repo_root()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
-    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    cmd = [mlflow if os.path.exists(mlflow) else "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # one user: one worker starts faster
-    print(" ".join(cmd), flush=True)
-    return subprocess.call(cmd, env={**os.environ, **TELEMETRY_OFF})
+    """The MLflow UI over this repository's tracking store, read-only (pipeline/uiserver.py): nobody
+    who reaches the port can write runs, registry edits or artifacts into the pipeline's stores."""
+    from pipeline import uiserver
+
+    try:
+        uri = load_params().mlflow.tracking_uri
+    except (ParamsError, OSError):  # a broken or missing params.yaml: still show what is there
+        uri = None
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    os.environ.update(TELEMETRY_OFF)
+    return uiserver.run(uri, host="127.0.0.1", port=port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,10 +211,11 @@ def main(argv: list[str] | None = None) -> int:
                          help="run chains at once (default: what the machine or cluster holds; 1: DVC's order)")
     p_repro.add_argument("--no-stage-server", action="store_true",
                          help="run every stage as its own cold process (slower; for debugging)")
-    p_ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1")
-    p_ui.add_argument("--port", type=int, default=5000)
+    p_ui = sub.add_parser("ui", help="MLflow UI on 127.0.0.1, read-only")
+    p_ui.add_argument("--port", type=int, default=5000, help="default 5000; 0: any free port (the URL is printed)")
     sub.add_parser("check", help="validate params.yaml")
     sub.add_parser("plan", help=f"write {PLAN_FILE}, the train stages of params.yaml's tasks and runs")
+    stack.add_parser(sub)
     args, rest = ap.parse_known_args(argv)
     try:
         if args.cmd == "repro":
@@ -217,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             return repro(rest, jobs=args.jobs, stage_server=not args.no_stage_server)
         if rest:
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.cmd == "stack":  # needs no params.yaml
+            return stack.run_cli(args, repo_root())
         if args.cmd == "ui":
             return ui(args.port)
         params = load_params()

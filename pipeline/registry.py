@@ -50,14 +50,12 @@ def setup_mlflow(params: Params, lay: Layout) -> str:
     """Point mlflow at the tracking URI, check it answers, and return the experiment id (created once,
     with an absolute artifact root when there is no server, and marked as a model-training experiment)."""
     import mlflow
-    from mlflow import MlflowClient
 
     uri = lay.tracking_uri(params)
     for key, value in _stack_credentials(lay, uri).items():
         os.environ.setdefault(key, value)  # Ray workers get MLFLOW_* from this process (pipeline/task.py)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    exp = preflight(client, uri, params.experiment)
+    client, exp = preflight(uri, params.experiment)
     if exp is None:
         # Through a server the server picks the artifact root (mlflow-artifacts:/); with a direct
         # sqlite/file store we fix it to <repo>/mlartifacts rather than "./mlruns of whoever came first".
@@ -75,9 +73,10 @@ def setup_mlflow(params: Params, lay: Layout) -> str:
     return exp.experiment_id
 
 
-def preflight(client, uri: str, experiment: str):
-    """The experiment (or None), asked once with no retries: an unreachable server, wrong credentials
+def preflight(uri: str, experiment: str):
+    """A client of `uri` and the experiment (or None), asked once with no retries: an unreachable server, wrong credentials
     or a broken store is one TrackingUnavailable line within seconds, before any training starts."""
+    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     fix = ("start it (`lifelong stack up`), or set mlflow.tracking_uri in params.yaml / $MLFLOW_TRACKING_URI "
@@ -89,18 +88,33 @@ def preflight(client, uri: str, experiment: str):
             requests.get(uri.rstrip("/") + "/health", timeout=PREFLIGHT_TIMEOUT_S / 2).raise_for_status()
         except requests.RequestException as err:
             raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({type(err).__name__}); {fix}") from None
+    elif "://" in uri and not uri.startswith(("sqlite:", "file:")):  # a database: MLflow would retry ~2 min
+        import sqlalchemy
+
+        scheme = uri.split("://", 1)[0]
+        try:
+            engine = sqlalchemy.create_engine(
+                uri, connect_args={"connect_timeout": PREFLIGHT_TIMEOUT_S // 2} if "postgres" in scheme else {})
+            with engine.connect():
+                pass
+            engine.dispose()
+        except Exception as err:
+            reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+            raise TrackingUnavailable(f"MLflow tracking store {_redact(uri)} is unreachable "
+                                      f"({reason[0][:200] if reason else type(err).__name__}); {fix}") from None
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(PREFLIGHT_TIMEOUT_S))
     try:
-        return client.get_experiment_by_name(experiment)
+        client = MlflowClient(uri)
+        return client, client.get_experiment_by_name(experiment)
     except MlflowException as err:
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         if "401" in first or "403" in first or "credentials" in first.lower() or "permission" in first.lower():
             fix = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (`set -a; . .stack/mlflow.env` "
                    "for `lifelong stack`)")
-        raise TrackingUnavailable(f"MLflow tracking store {uri} does not work: {first}; {fix}") from None
+        raise TrackingUnavailable(f"MLflow tracking store {_redact(uri)} does not work: {first}; {fix}") from None
     except Exception as err:  # a driver missing, a path that cannot be created, ...
-        raise TrackingUnavailable(f"MLflow tracking store {uri} does not work: {type(err).__name__}: "
+        raise TrackingUnavailable(f"MLflow tracking store {_redact(uri)} does not work: {type(err).__name__}: "
                                   f"{str(err).splitlines()[0][:300] if str(err) else ''}; {fix}") from None
     finally:
         for key, value in saved.items():
@@ -108,6 +122,13 @@ def preflight(client, uri: str, experiment: str):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _redact(uri: str) -> str:
+    """A URI without its password (it goes into error messages)."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", uri)
 
 
 def _stack_credentials(lay: Layout, uri: str) -> dict[str, str]:

@@ -19,7 +19,7 @@ RUN_KEY_TAG = "run_key"  # the train stage's key of a task's inputs (also on the
 CHAIN_TAG, CHAIN_KEY_TAG = "lifelong.chain", "lifelong.chain_key"
 # Bookkeeping fields of the loop's metrics that are not curves.
 NOT_A_CURVE = ("step", "resumed_from", "first_step_wall", "wall_time")
-SYSTEM_METRICS_INTERVAL_S = 10
+SYSTEM_METRICS_INTERVAL_S = 5
 
 
 def chain_run(client, experiment_id: str, *, scenario: str, run: str, chain_key: str, params: dict) -> str:
@@ -102,6 +102,11 @@ class LiveLogger:
 
         if self.monitor is not None:
             self.monitor.finish()
+            try:  # one last sample: a task shorter than the sampling interval still shows its system metrics
+                self.monitor.collect_metrics()
+                self.monitor.publish_metrics(self.monitor.aggregate_metrics())
+            except Exception:  # never fail a trained task over a system metric
+                pass
         mlflow.flush_async_logging()
 
 

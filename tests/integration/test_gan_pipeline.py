@@ -5,6 +5,8 @@ scenarios (label-conditioned classes, image-conditioned A -> B pairs)."""
 from __future__ import annotations
 
 import json
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -32,7 +34,7 @@ def _registered(repo, name: str, version: str):
         path = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(repo / "dl" / version))
     finally:
         mlflow.set_tracking_uri(None)  # back to the default; unsets MLFLOW_TRACKING_URI
-    return load_model_file(f"{path}/model.pt").eval()
+    return load_model_file(f"{path}/artifacts/model.pt").eval()  # a pyfunc generator's weights
 
 
 def test_gan_methods_in_both_scenarios(clone):
@@ -89,6 +91,37 @@ def test_gan_methods_in_both_scenarios(clone):
         with torch.no_grad():
             out_task2 = after2.sample(y=y, z=z) if scenario == "label" else after2.sample(a=a, z=z)
         assert not torch.equal(out1, out_task2)  # task 2 has filters of its own
+
+    # The registered versions are pyfunc generators, loaded in a fresh process with only the project:
+    # Piggyback's task 1 (alias task-1) is bit-identical to what the evaluation generates for task 1
+    # from the final version's filter bank; a Lifelong GAN label and image version generate too.
+    from pipeline.evaluate import generate_task
+    from pipeline.params import parse_params
+
+    per_class = params["eval"]["samples_per_class"]
+    code = textwrap.dedent(f"""
+        import json, mlflow, numpy as np, pandas as pd
+        mlflow.set_tracking_uri("sqlite:///{repo / 'mlflow.db'}")
+        pig = mlflow.pyfunc.load_model("models:/it-label-gan-piggyback_gan@task-1")
+        out = {{"piggyback": pig.predict(pd.DataFrame({{"class": [0] * {per_class} + [1] * {per_class}}})).tolist()}}
+        lgan = mlflow.pyfunc.load_model("models:/it-label-gan-lifelong_gan@task-2")
+        out["lifelong_label"] = list(lgan.predict(pd.DataFrame({{"class": [3, 3, 7]}})).shape)
+        img = mlflow.pyfunc.load_model("models:/it-image-gan-lifelong_gan@task-1")
+        x = img.predict(pd.DataFrame({{"condition": [np.zeros((16, 16)).tolist()] * 2}}))
+        out["lifelong_image"] = [list(x.shape), str(x.dtype), float(x.min()), float(x.max())]
+        print(json.dumps(out))
+    """)
+    fresh = run([sys.executable, "-c", code], repo)
+    got = json.loads(fresh.stdout.strip().splitlines()[-1])
+    final = json.loads((repo / "results/receipts/label/gan-piggyback_gan/task-2.json").read_text())
+    net = _registered(repo, final["model_name"], final["version"])
+    piggyback.set_task(net["G"], 1)
+    expected, _, _ = generate_task(parse_params(params), "label", "gan", net, net.cfg, 1, None, "cpu")
+    pyfunc_images = np.asarray(got["piggyback"], dtype=np.float32)
+    assert pyfunc_images.shape == (2 * per_class, 1, 16, 16)
+    assert np.array_equal(np.rint(pyfunc_images[:, 0] * 255).astype(np.uint8), expected)
+    assert got["lifelong_label"] == [3, 1, 16, 16]
+    assert got["lifelong_image"][:2] == [[2, 1, 16, 16], "float32"] and 0 <= got["lifelong_image"][2] <= got["lifelong_image"][3] <= 1
 
     # Lifelong GAN task 2 loaded exactly the version task 1 registered, through the registry.
     from mlflow import MlflowClient

@@ -51,6 +51,31 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone):
         assert run2.data.params["ray_local_mode"] == "False"
         # forgetting summary registered on the last version
         assert "forgetting_fid_mean" in v2.tags
+        # One parent run per chain, the task runs nested under it; each task run was open while it
+        # trained (its duration covers the training), with the losses logged live by rank 0 and
+        # system metrics; the logged model is named after run and task.
+        run1 = client.get_run(r1["run_id"])
+        parent = client.get_run(r2["parent_run_id"])
+        assert parent.info.run_name == f"label/{method}" and parent.info.status == "FINISHED"
+        assert {run1.data.tags["mlflow.parentRunId"], run2.data.tags["mlflow.parentRunId"]} == {parent.info.run_id}
+        assert parent.data.metrics["fid_final_mean"] == pytest.approx(json.loads(
+            (repo / "results/metrics.json").read_text())["label"][method]["fid_final_mean"])
+        for r, receipt in ((run1, r1), (run2, r2)):
+            assert r.info.run_name == f"label/{method}/task-{receipt['task']}" and r.info.status == "FINISHED"
+            assert (r.info.end_time - r.info.start_time) / 1000 >= receipt["train_seconds"]
+            assert [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")] == [2, 4, 6]
+            assert any(key.startswith("system/") for key in r.data.metrics), sorted(r.data.metrics)
+        assert client.get_logged_model(r2["model_id"]).name == f"{method}-task2"
+    exp = client.get_experiment_by_name("it")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on runs
+
+    # A version loads as a pyfunc generator in a fresh process, with only the project installed.
+    code = ("import json, mlflow, pandas; mlflow.set_tracking_uri('sqlite:///mlflow.db'); "
+            "g = mlflow.pyfunc.load_model('models:/it-label-diffusion-generative_distillation@task-2'); "
+            "x = g.predict(pandas.DataFrame({'class': [3, 3, 1]})); "
+            "print(json.dumps([str(x.dtype), list(x.shape), float(x.min()), float(x.max())]))")
+    dtype, shape, lo, hi = json.loads(run([sys.executable, "-c", code], repo).stdout.strip().splitlines()[-1])
+    assert (dtype, shape) == ("float32", [3, 1, 8, 8]) and 0 <= lo <= hi <= 1
 
     # metrics.json: exactly the documented keys, a lower-triangular matrix per metric.
     metrics = json.loads((repo / "results/metrics.json").read_text())
@@ -124,3 +149,8 @@ def test_interrupted_task_resumes_from_its_last_checkpoint(clone):
     # The loss curve in MLflow covers the whole task: before and after the kill.
     steps = sorted(m.step for m in client.get_metric_history(receipt["run_id"], "train/loss"))
     assert steps[0] == 5 and steps[-1] == 400
+    # The killed attempt's run, left RUNNING by kill -9, was ended as FAILED by the rerun.
+    exp = client.get_experiment_by_name("it")
+    runs = client.search_runs([exp.experiment_id], f"tags.run_key = '{receipt['run_key']}'",
+                              order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]
