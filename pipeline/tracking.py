@@ -1,8 +1,8 @@
 """The MLflow runs of the train stages: one parent run per (scenario, run) chain, one live run per task.
 
     <scenario>/<run>                   the chain's parent run (tags lifelong.chain, lifelong.chain_key)
-      <scenario>/<run>/task-1          one run per task, open for the whole task: params, data and parent
-      <scenario>/<run>/task-2          model lineage, the loss curve as it trains, system metrics
+      task-1 <scenario>/<run>          one run per task, open for the whole task: params, data and parent
+      task-2 <scenario>/<run>          model lineage, the loss curve as it trains, system metrics
 
 Rank 0 of the Ray Train job logs the losses every `train.log_every_steps` to the task's run, without
 waiting for the tracking store (MLflow's asynchronous logging), plus MLflow's system metrics (CPU,

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parent_id = chain_run(MlflowClient(), experiment_id, scenario=scenario, run=run, chain_key=_key(chain),
                           params={"scenario": scenario, "run": run, "family": spec.family, "method": spec.name,
                                   "hyper": json.dumps(budget(params, run), sort_keys=True)})
-    with task_run(experiment_id, parent_id=parent_id, run_key=run_key, name=f"{scenario}/{run}/task-{k}",
+    with task_run(experiment_id, parent_id=parent_id, run_key=run_key, name=f"task-{k} {scenario}/{run}",
                   tags=tags) as mlflow_run_id:
         log_lineage(params, lay, scenario, run, k, hyper=budget(params, run), tuned=tuned, run_dir=run_dir,
                     data_tasks=data_tasks, prev_receipt=prev_receipt, data_digest=data_digest)

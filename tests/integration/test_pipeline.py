@@ -61,7 +61,7 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone):
         assert parent.data.metrics["fid_final_mean"] == pytest.approx(json.loads(
             (repo / "results/metrics.json").read_text())["label"][method]["fid_final_mean"])
         for r, receipt in ((run1, r1), (run2, r2)):
-            assert r.info.run_name == f"label/{method}/task-{receipt['task']}" and r.info.status == "FINISHED"
+            assert r.info.run_name == f"task-{receipt['task']} label/{method}" and r.info.status == "FINISHED"
             assert (r.info.end_time - r.info.start_time) / 1000 >= receipt["train_seconds"]
             assert [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")] == [2, 4, 6]
             assert any(key.startswith("system/") for key in r.data.metrics), sorted(r.data.metrics)

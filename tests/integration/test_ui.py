@@ -1,0 +1,55 @@
+"""The MLflow UI as a person sees it after `lifelong repro`: pipeline/uicheck.py in headless Chromium
+over a real finished run chain (one run, two tasks, trained by the real train stages in a clone)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+import pytest
+
+from pipeline.plan import stage_name
+from tests.integration.conftest import BIN, run, tiny_params
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+CHROMIUM = os.environ.get("LIFELONG_CHROMIUM", "/usr/bin/chromium")
+SHOTS = ("registered-model", "model-version", "experiment", "runs", "run-charts")
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
+def test_ui_shows_the_chain_its_versions_and_loss_curve(clone, tmp_path):
+    pytest.importorskip("playwright.sync_api")
+    from PIL import Image
+
+    repo = clone(tiny_params(scenarios={"label": {"runs": ["diffusion-finetune"]}, "image": {"runs": []}}))
+    run([str(BIN / "lifelong"), "repro", stage_name("label", "diffusion-finetune", 2)], repo)  # + task 1, prepare
+
+    before = _store_state(repo)
+    out = tmp_path / "ui-check"
+    res = run([sys.executable, "-m", "pipeline.uicheck", "--out", str(out)], repo, check=False, timeout=600)
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    missing = [f"{c['page']}: {c['looked_for']} ({c['detail']})" for c in report.get("checks", []) if not c["found"]]
+    assert res.returncode == 0, f"not on screen: {missing}\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    assert report["ok"] and len(report["checks"]) >= 15
+    assert report["target"]["model"] == "it-label-diffusion-finetune"
+    assert set(report["target"]["aliases"]) == {"task-1", "task-2"}
+
+    for name in SHOTS:
+        path = out / f"{name}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        with Image.open(path) as img:
+            assert img.size[0] >= 1600 and img.size[1] >= 1000, (name, img.size)
+            colors = img.convert("RGB").getcolors(maxcolors=1 << 20)
+            assert colors is None or len(colors) > 200, f"{name}.png is nearly blank ({len(colors)} colors)"
+        assert path.stat().st_size > 30_000, f"{name}.png is only {path.stat().st_size} bytes"
+
+    # The browser looked around (and the UI tried its few writes): the stores are as they were.
+    assert _store_state(repo) == before
+
+
+def _store_state(repo) -> dict:
+    files = [repo / "mlflow.db", *sorted(p for p in (repo / "mlartifacts").rglob("*") if p.is_file())]
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
