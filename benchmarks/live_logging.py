@@ -70,10 +70,11 @@ def main() -> int:
         return time.perf_counter() - t0
 
     block(None)  # warm-up
-    plain, live = 0.0, 0.0
+    plain, live, ratios = 0.0, 0.0, []
     for _ in range(args.rounds):
-        plain += block(None)
-        live += block(logger)
+        p, q = block(None), block(logger)
+        plain, live = plain + p, live + q
+        ratios.append(q / p)
     t_close = time.perf_counter()
     logger.close()
     close = time.perf_counter() - t_close
@@ -81,10 +82,12 @@ def main() -> int:
     logged = len(mlflow.MlflowClient().get_metric_history(run_id, "train/loss"))
     n = args.steps * args.rounds
     ratio = live / plain
-    print(f"\n| store | steps | log every | no logging ms/step | live logging ms/step | ratio | target |")
-    print("|---|---|---|---|---|---|---|")
+    median = sorted(ratios)[len(ratios) // 2]
+    print("\n| store | steps | log every | no logging ms/step | live logging ms/step | ratio of totals | "
+          "median ratio of pairs | target |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {uri.split(':')[0]} | {n} + {n} | {every} | {1000 * plain / n:.2f} | {1000 * live / n:.2f} | "
-          f"{ratio:.3f}x | <= 1.03x {'ok' if ratio <= 1.03 else 'MISSED'} |")
+          f"{ratio:.3f}x | {median:.3f}x | <= 1.03x {'ok' if max(ratio, median) <= 1.03 else 'MISSED'} |")
     print(f"\n{logged} loss points logged; flushing the queue at the end took {close:.2f} s (once per task)")
     return 0
 
