@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params()
     lay = layout()
+    experiment_id = setup_mlflow(params, lay)  # MLflow answers, or the stage stops here, before training
     verify_shards(lay.shards)
     manifest = read_manifest(lay.shards)
 
@@ -44,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     lay.classifier.parent.mkdir(parents=True, exist_ok=True)
     save_classifier(model, cfg, lay.classifier)
 
-    experiment_id = setup_mlflow(params, lay)
     tags = {"role": "fid-feature-extractor+label-judge", "data_digest": manifest["digest"],
             "git_commit": git_commit(lay.root), "dvc_stage": "classifier"}
     with mlflow.start_run(experiment_id=experiment_id, run_name="classifier", tags=tags) as run:

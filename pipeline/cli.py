@@ -149,6 +149,14 @@ def repro(dvc_args: list[str], *, jobs: int | None = None, stage_server: bool = 
     params = load_params()  # fail in a second on a bad params.yaml, before any cluster starts
     if write_plan(params, repo_root()):
         print(f"[lifelong] {PLAN_FILE}: train stages for the tasks and runs of params.yaml", flush=True)
+    from pipeline.layout import layout
+    from pipeline.registry import TrackingUnavailable, setup_mlflow
+
+    try:  # MLflow answers, and the experiment exists, before any stage starts (seconds, not a stage's retries)
+        setup_mlflow(params, layout())
+    except TrackingUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     env = {**os.environ, **TELEMETRY_OFF}
     # dvc.yaml's `python -m pipeline...` must be this environment's python, activated or not.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
