@@ -101,12 +101,12 @@ class LiveLogger:
         import mlflow
 
         if self.monitor is not None:
-            self.monitor.finish()
             try:  # one last sample: a task shorter than the sampling interval still shows its system metrics
                 self.monitor.collect_metrics()
                 self.monitor.publish_metrics(self.monitor.aggregate_metrics())
             except Exception:  # never fail a trained task over a system metric
                 pass
+            self.monitor.finish()  # stops the sampling thread and flushes what it recorded
         mlflow.flush_async_logging()
 
 
