@@ -48,8 +48,8 @@ def _stage(uri: str, model_file: Path, receipt: Path) -> None:
     receipt.write_text(json.dumps(out))
 
 
-def _attempt(tmp_path: Path, model_file: Path, failpoint: str | None = None) -> int:
-    """One attempt in a forked child (imports paid once): its exit code, or -signal if it was killed."""
+def _fork_attempt(tmp_path: Path, model_file: Path, failpoint: str | None = None) -> int:
+    """One attempt in a forked child: its exit code, or -signal if it was killed."""
     pid = os.fork()
     if pid == 0:  # the child: a stage process that may be killed at `failpoint`
         code = 1
@@ -64,6 +64,37 @@ def _attempt(tmp_path: Path, model_file: Path, failpoint: str | None = None) -> 
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+# The attempts fork from a driver process of their own (its own session; imports paid once), never
+# from pytest's process, whose threads and state other tests shaped.
+DRIVER = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tests.pipeline.test_registry import _fork_attempt
+for line in sys.stdin:
+    tmp, model, point = json.loads(line)
+    print(json.dumps(_fork_attempt(Path(tmp), Path(model), point)), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def driver():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "LIFELONG_"))}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(REPO)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env={**env, "MLFLOW_DISABLE_TELEMETRY": "true"}, start_new_session=True)
+    yield proc
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+def _attempt(driver, tmp_path: Path, model_file: Path, failpoint: str | None = None) -> int:
+    driver.stdin.write(json.dumps([str(tmp_path), str(model_file), failpoint]) + "\n")
+    driver.stdin.flush()
+    line = driver.stdout.readline()
+    assert line, f"the attempt driver died (exit {driver.poll()})"
+    return json.loads(line)
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +112,12 @@ def model_file(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("point", ["after_log_model", "after_register", "after_tags", "after_alias", "before_receipt"])
-def test_a_kill_at_any_step_then_a_rerun_leaves_exactly_one_version(tmp_path, model_file, point):
+def test_a_kill_at_any_step_then_a_rerun_leaves_exactly_one_version(driver, tmp_path, model_file, point):
     import mlflow
 
-    assert _attempt(tmp_path, model_file, failpoint=point) == -9  # kill -9 at that point
+    assert _attempt(driver, tmp_path, model_file, failpoint=point) == -9  # kill -9 at that point
     assert not (tmp_path / "receipt.json").exists()
-    assert _attempt(tmp_path, model_file) == 0
+    assert _attempt(driver, tmp_path, model_file) == 0
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     versions = client.search_model_versions(f"name = '{NAME}'")
@@ -105,8 +136,8 @@ def test_a_kill_at_any_step_then_a_rerun_leaves_exactly_one_version(tmp_path, mo
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}
 
 
-def test_a_version_is_a_pyfunc_generator_loaded_in_a_fresh_process(tmp_path, model_file):
-    assert _attempt(tmp_path, model_file) == 0
+def test_a_version_is_a_pyfunc_generator_loaded_in_a_fresh_process(driver, tmp_path, model_file):
+    assert _attempt(driver, tmp_path, model_file) == 0
     code = textwrap.dedent(f"""
         import json, mlflow, pandas
         mlflow.set_tracking_uri("sqlite:///{tmp_path / 'mlflow.db'}")
