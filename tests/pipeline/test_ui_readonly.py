@@ -21,7 +21,7 @@ import pytest
 from pipeline.uicheck import UIServer
 from pipeline.uiserver import StoreError, is_read, read_only_uri
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(600)  # the UI server starts in 15 s idle, minutes on a loaded 2-core box
 
 MODEL = "it-label-diffusion-finetune"
 
