@@ -75,16 +75,6 @@ def make_clone(dest: Path, params: dict) -> Path:
     return dest
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_environment():
-    """A test that changes os.environ (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, say) must not
-    point the next test's stages at its repository."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 @pytest.fixture
 def clone(tmp_path):
     def _make(params: dict) -> Path:
