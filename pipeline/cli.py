@@ -19,7 +19,8 @@ import tempfile
 import time
 
 from pipeline import stack
-from pipeline.params import ParamsError, Params, load_params, repo_root
+from pipeline.cluster import LOCAL_CLUSTER_ENV
+from pipeline.params import Params, ParamsError, load_params, repo_root
 from pipeline.plan import PLAN_FILE, chain_stages, write_plan
 from pipeline.task import TELEMETRY_OFF, connect_ray, ray_address, use_local_mode
 
@@ -59,7 +60,10 @@ class Session:
 
     def start_ray(self, params: Params) -> None:
         # Starting a local Ray cluster costs ~15 s; pay it once here, not once per train stage.
+        started_here = not ray_address(params)
         self.env["RAY_ADDRESS"] = connect_ray(params)
+        if started_here:  # its stages run on this machine: they ship no code (pipeline/cluster.py)
+            self.env[LOCAL_CLUSTER_ENV] = self.env["RAY_ADDRESS"]
         # A new local cluster turns on token auth in this process (RAY_AUTH_MODE=token); stages attach
         # by explicit address, which never turns it on by itself: hand them the mode.
         self.env.update({k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH_")})

@@ -8,6 +8,7 @@ prefix of the task sequence) both import this module; neither imports the other.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from lifelong.catalog import run_spec
 from pipeline.params import Params
@@ -89,21 +90,43 @@ def ray_address(params: Params) -> str | None:
 def connect_ray(params: Params, **env: str) -> str:
     """Attach to the configured cluster, or start a private local one; returns its GCS address.
 
-    The one place that calls ray.init. Workers get the MLflow and lifelong settings of this process
-    (plus `env`); a local cluster's dashboard (the State API TorchTrainer.fit polls) binds 127.0.0.1.
+    The one place that calls ray.init. Workers get the MLflow, artifact-store, NCCL and lifelong
+    settings of this process (plus `env`); attached to a cluster that `lifelong repro` did not start
+    here, they also get this checkout's code as the job's working_dir (pipeline/cluster.py). A local
+    cluster's dashboard (the State API TorchTrainer.fit polls) binds 127.0.0.1.
     """
     import ray
 
+    from pipeline.cluster import runtime_env, ships_code
+    from pipeline.params import repo_root
+
     if not ray.is_initialized():
-        env_vars = {k: v for k, v in os.environ.items() if k.startswith(("MLFLOW_", "LIFELONG_"))}
-        env_vars.update(TELEMETRY_OFF, **env)
         address = ray_address(params)
+        job_env = runtime_env(repo_root(), dict(os.environ), ship_code=ships_code(address, os.environ),
+                              extra={**TELEMETRY_OFF, **env})
         if address:
-            ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+            ray.init(address=address, runtime_env=job_env, log_to_driver=True)
         else:  # "local": never attach to another cluster that happens to run on this host
-            ray.init(address="local", runtime_env={"env_vars": env_vars}, include_dashboard=True,
-                     dashboard_host="127.0.0.1")
+            ray.init(address="local", runtime_env=job_env, include_dashboard=True, dashboard_host="127.0.0.1")
     return ray.get_runtime_context().gcs_address
+
+
+def check_cluster(params: Params) -> None:
+    """Before any worker starts: a cluster of several nodes needs a tracking server and shared files
+    (pipeline/cluster.py::multi_node_problem); one clear error naming the key otherwise."""
+    import ray
+
+    from pipeline.cluster import multi_node_problem, read_mounts
+    from pipeline.layout import layout
+    from pipeline.params import ParamsError
+
+    lay = layout()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    problem = multi_node_problem(
+        nodes=nodes, tracking_uri=lay.tracking_uri(params), mounts=read_mounts(),
+        paths={"train.storage_path": Path(lay.storage_path(params)), "the checkout's data/": lay.root / "data"})
+    if problem:
+        raise ParamsError(problem)
 
 
 def fit(cfg: dict, params: Params, *, name: str, storage_path: str, num_workers: int | None = None,
@@ -121,10 +144,18 @@ def fit(cfg: dict, params: Params, *, name: str, storage_path: str, num_workers:
 
     if num_workers is None:
         num_workers = 0 if use_local_mode(params) else params.train.num_workers
+    loop = loop or train_loop_per_worker
     if num_workers > 0:
+        import ray
+
+        from pipeline.cluster import code_digest, same_code
+
         connect_ray(params, RAY_CHDIR_TO_TRIAL_DIR="0")
+        if ray.get_runtime_context().get_actor_id() is None:  # the stage's driver (a Tune trial: its search's)
+            check_cluster(params)
+        loop = same_code(loop, code_digest())  # each worker checks it runs this driver's code
     trainer = TorchTrainer(
-        loop or train_loop_per_worker,
+        loop,
         train_loop_config=cfg,
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=params.train.use_gpu,

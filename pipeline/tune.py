@@ -23,8 +23,7 @@ from pathlib import Path
 from lifelong.catalog import run_spec
 from pipeline.layout import Layout, layout, read_json, run_stage, write_json
 from pipeline.params import TUNABLE, Params, TuneParams, load_params, with_values
-from pipeline.task import budget, connect_ray, fit, model_config
-
+from pipeline.task import budget, check_cluster, connect_ray, fit, model_config
 
 # --- paths and the `tuned` selection (cheap: no torch, no Ray) ---------------------------------
 
@@ -318,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_mlflow(params, lay)  # create/upgrade the DB once, before anything runs (fails fast on a bad URI)
     connect_ray(params, RAY_CHDIR_TO_TRIAL_DIR="0")
+    check_cluster(params)
     grid = run_search(params, ctx, search_root)
     seconds = time.time() - t0
     rows = trial_table(grid, tp)

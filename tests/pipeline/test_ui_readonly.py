@@ -135,8 +135,9 @@ def test_ui_reads_everything_and_writes_nothing(tmp_path, monkeypatch):
     assert after == before
 
 
-def test_the_database_itself_refuses_writes(tmp_path):
+def test_the_database_itself_refuses_writes(tmp_path, monkeypatch):
     """The second layer alone: a store opened through read_only_uri cannot write, whatever asks it."""
+    monkeypatch.chdir(tmp_path)  # MLflow makes the "parent folder" of a sqlite:///file:... URI under the CWD
     from mlflow.exceptions import MlflowException
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
