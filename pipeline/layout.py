@@ -138,14 +138,15 @@ def run_stage(main) -> None:
 
     user_errors: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, LookupError, TrackingUnavailable)
     try:
-        from lifelong.data import DataSourceError, ShardError
-
-        user_errors += (DataSourceError, ShardError)
-    except ImportError:
-        pass
-    try:
         code = main()
-    except user_errors as err:
+    except Exception as err:
+        # The data errors are user errors too, if the stage got as far as loading their modules (which
+        # import torch: seconds that `check` and `report` need not pay just for two exception classes).
+        for module, name in (("lifelong.data.sources", "DataSourceError"), ("lifelong.data.shards", "ShardError")):
+            if module in sys.modules:
+                user_errors += (getattr(sys.modules[module], name),)
+        if not isinstance(err, user_errors):
+            raise
         print(f"error: {err}", file=sys.stderr)
         code = 2
     sys.exit(code)

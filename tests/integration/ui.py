@@ -1,5 +1,6 @@
 """The MLflow UI as a person sees it after `lifelong repro`: pipeline/uicheck.py in headless Chromium
-over a real finished run chain (one run, two tasks, trained by the real train stages in a clone)."""
+over a real finished run chain. Called by test_pipeline.py on its chain (two runs, two tasks, trained
+by the real train stages in a clone), so no second chain is trained for it."""
 
 from __future__ import annotations
 
@@ -7,35 +8,29 @@ import hashlib
 import json
 import os
 import sys
+from pathlib import Path
 
-import pytest
-
-from pipeline.plan import stage_name
-from tests.integration.conftest import BIN, run, tiny_params
-
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+from tests.integration.conftest import run
 
 CHROMIUM = os.environ.get("LIFELONG_CHROMIUM", "/usr/bin/chromium")
 SHOTS = ("registered-model", "model-version", "experiment", "runs", "run-charts")
 
 
-def test_ui_shows_the_chain_its_versions_and_loss_curve(clone, tmp_path):
+def assert_ui_shows_the_chain(repo: Path, out: Path, model: str, aliases: set[str]) -> None:
+    """uicheck finds the chain's model, its versions (aliases) and its loss curve on screen, the
+    screenshots are real pages, and the browser's visit changed nothing in the stores."""
     # Never skipped: scripts/setup.sh installs Debian's chromium (and pyproject's dev extra playwright).
     assert os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM}: `apt-get install chromium` (scripts/setup.sh does)"
     from PIL import Image
 
-    repo = clone(tiny_params(scenarios={"label": {"runs": ["diffusion-finetune"]}, "image": {"runs": []}}))
-    run([str(BIN / "lifelong"), "repro", stage_name("label", "diffusion-finetune", 2)], repo)  # + task 1, prepare
-
     before = _store_state(repo)
-    out = tmp_path / "ui-check"
     res = run([sys.executable, "-m", "pipeline.uicheck", "--out", str(out)], repo, check=False, timeout=600)
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
     missing = [f"{c['page']}: {c['looked_for']} ({c['detail']})" for c in report.get("checks", []) if not c["found"]]
     assert res.returncode == 0, f"not on screen: {missing}\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
     assert report["ok"] and len(report["checks"]) >= 15
-    assert report["target"]["model"] == "it-label-diffusion-finetune"
-    assert set(report["target"]["aliases"]) == {"task-1", "task-2"}
+    assert report["target"]["model"] == model
+    assert set(report["target"]["aliases"]) == aliases
 
     for name in SHOTS:
         path = out / f"{name}.png"
