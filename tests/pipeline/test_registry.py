@@ -111,7 +111,8 @@ def model_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("point", ["after_log_model", "after_register", "after_tags", "after_alias", "before_receipt"])
+# (after_tags: on a first attempt the tags come with register_model, the same state as after_register)
+@pytest.mark.parametrize("point", ["after_log_model", "after_register", "after_alias", "before_receipt"])
 def test_a_kill_at_any_step_then_a_rerun_leaves_exactly_one_version(driver, tmp_path, model_file, point):
     import mlflow
 
