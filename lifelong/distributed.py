@@ -27,6 +27,20 @@ def get_world_size() -> int:
     return ctx.get_world_size() if ctx is not None else 1
 
 
+def get_local_rank() -> int:
+    """This worker's rank among the workers of its node (one download per node, e.g.)."""
+    ctx = _context()
+    return ctx.get_local_rank() if ctx is not None else 0
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+
+
 def get_device() -> torch.device:
     try:
         import ray.train.torch

@@ -24,8 +24,9 @@ OBJECTIVE_KINDS = ("mean_fid", "weighted")
 def load_real(spec: dict) -> list[np.ndarray]:
     """The real test images of every seen task, uint8 (N, H, W), read once per task run."""
     from lifelong.data import read_all
+    from lifelong.storage import local_shards
 
-    return [read_all(list(paths))[0] for paths in spec["real_shards"]]
+    return [read_all(local_shards(list(paths)))[0] for paths in spec["real_shards"]]
 
 
 def combine(fids: list[float], spec: dict) -> dict[str, float]:
@@ -57,6 +58,7 @@ def measure(model: torch.nn.Module, model_cfg, spec: dict, real: list[np.ndarray
     It is put in eval mode and restored to its previous mode.
     """
     from lifelong.evaluation import quality
+    from lifelong.storage import local_file
 
     was_training = model.training
     model.eval()
@@ -64,7 +66,7 @@ def measure(model: torch.nn.Module, model_cfg, spec: dict, real: list[np.ndarray
         fids = []
         for j, (classes, real_j) in enumerate(zip(spec["tasks"], real), start=1):
             images, labels = _generate_task(model, model_cfg, j, list(classes), spec, device)
-            q = quality(images, labels, real_j, classifier_path=spec["classifier"],
+            q = quality(images, labels, real_j, classifier_path=local_file(spec["classifier"]),
                         feature_extractor=spec.get("feature_extractor", "lifelong-cnn"),
                         kid_subset_size=int(spec.get("kid_subset_size", 100)), device=torch.device(device).type)
             fids.append(q["fid"])

@@ -137,6 +137,7 @@ def multi_node_problem(*, nodes: int, tracking_uri: str, paths: dict[str, Path],
         point, fstype = mount_of(Path(path), mounts)
         if fstype not in SHARED_FS_TYPES:
             return (f"the Ray cluster has {nodes} nodes but {path} ({key}) is on a local file system "
-                    f"({fstype or 'unknown'} at {point}), which the other nodes cannot read: put it on a file "
-                    "system every node mounts at the same path (README 'Run on a cluster')")
+                    f"({fstype or 'unknown'} at {point}), which the other nodes cannot read: set storage.uri in "
+                    "params.yaml to s3://bucket/prefix or to a file system every node mounts at the same path "
+                    "(README 'Run on a cluster')")
     return None

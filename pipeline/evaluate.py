@@ -26,7 +26,7 @@ import numpy as np
 from lifelong.catalog import run_spec
 from pipeline.layout import layout, read_json, run_stage, write_json
 from pipeline.params import load_params
-from pipeline.registry import download_model_version, setup_mlflow
+from pipeline.registry import check_model_version, download_model_version, setup_mlflow
 from pipeline.plan import stage_name
 
 MATRIX_KEYS = ("fid", "kid", "acc")
@@ -38,12 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", required=True, choices=["label", "image"])
     ap.add_argument("--run", required=True, help="<family>-<method>")
     args = ap.parse_args(argv)
-    import torch
+    import mlflow
     from mlflow import MlflowClient
 
     from lifelong.data import read_all, read_all_pairs, task_shard_paths, verify_shards
-    from lifelong.evaluation import quality, weights_for_task
-    from lifelong.models import load_model, model_config
 
     params = load_params()
     lay = layout()
@@ -58,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{lay.classifier} not found; run `dvc repro classifier` first")
     setup_mlflow(params, lay)
     client = MlflowClient()
-    device = torch.device("cuda" if params.train.use_gpu and torch.cuda.is_available() else "cpu")
     shard_dir = lay.scenario_shards(scenario)
     real = {}  # task j -> label: (B,) ; image: (A, B, labels)
     for j in range(1, T + 1):
@@ -69,38 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     stage_of = lambda k: stage_name(scenario, run, k)  # noqa: E731
     receipts = [read_json(lay.receipt(scenario, run, k), what=f"receipt of {scenario}/{run} task {k}",
                           fix=f"run `dvc repro {stage_of(k)}`") for k in range(1, T + 1)]
-    keys = MATRIX_KEYS if scenario == "label" else IMAGE_MATRIX_KEYS
-    matrix = {key: [[None] * T for _ in range(T)] for key in keys}
-    models: dict[int, torch.nn.Module] = {}
-    samples, t0 = {}, time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        for k, receipt in enumerate(receipts, start=1):
-            model_file = download_model_version(receipt["model_name"], receipt["version"], Path(tmp) / f"task-{k}",
-                                                stage_hint=stage_of(k))
-            state = torch.load(model_file, map_location="cpu", weights_only=True)  # read once: config + weights
-            cfg = model_config(state)
-            models[k] = load_model(state).to(device).eval()
-            row = {}
-            for j in range(1, k + 1):
-                net = weights_for_task(spec.old_task_weights, models, k, j)
-                images, labels, extra = generate_task(params, scenario, family, net, cfg, j, real[j], device)
-                q = quality(images, labels, real[j][0] if scenario == "label" else real[j][1],
-                            classifier_path=str(lay.classifier), feature_extractor=params.eval.feature_extractor,
-                            kid_subset_size=params.eval.kid_subset_size, device=device.type)
-                q.update(extra)
-                for key in keys:
-                    matrix[key][k - 1][j - 1] = None if q[key] is None else float(q[key])
-                    if q[key] is not None:
-                        row[f"eval/{key}/task-{j}"] = float(q[key])
-                if k == T:  # a few final samples per task (label: per class) for the report's grid
-                    samples.update(grid_samples(scenario, j, images, labels, real[j]))
-            row.update({f"eval/{key}_mean_seen": float(np.mean(vals)) for key in keys
-                        if (vals := [v for v in matrix[key][k - 1][:k] if v is not None])})
-            _log(client, receipt["run_id"], row, step=k)  # never reopens the run: its duration stays the task's
-            print(f"[evaluate] {scenario}/{run} after task {k}: FID " +
-                  " ".join(f"{matrix['fid'][k - 1][j]:.1f}" for j in range(k)), flush=True)
-            if spec.old_task_weights != "own_model":
-                models = {k: models[k]}  # only a model per task (standalone) needs the earlier ones again
+    for k, receipt in enumerate(receipts, start=1):  # a missing version fails here, before any generation
+        check_model_version(receipt["model_name"], receipt["version"], stage_hint=stage_of(k))
+    t0 = time.time()
+    # The matrices: in this process on CPU; with train.use_gpu, as one Ray task on a GPU node of the
+    # cluster (the driver of a cluster is typically a head node without one).
+    job = dict(params=params, scenario=scenario, run=run, receipts=receipts, real=real,
+               classifier=lay.classifier.read_bytes(), tracking_uri=mlflow.get_tracking_uri())
+    if params.train.use_gpu:
+        matrix, rows, samples, counts = on_gpu_worker(params, job)
+    else:
+        matrix, rows, samples, counts = evaluate_run(**job)
+    for k, (receipt, row) in enumerate(zip(receipts, rows), start=1):
+        _log(client, receipt["run_id"], row, step=k)  # never reopens the run: its duration stays the task's
+        print(f"[evaluate] {scenario}/{run} after task {k}: FID " +
+              " ".join(f"{matrix['fid'][k - 1][j]:.1f}" for j in range(k)), flush=True)
 
     summary = summarize(matrix)
     last = receipts[-1]
@@ -113,13 +93,74 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "scenario": scenario, "run": run, "family": family, "method": method, "matrix": matrix, **summary,
         "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in receipts)),
-        **parameter_counts(spec.old_task_weights == "own_model", models[T], T),
+        **counts,
         "feature_extractor": params.eval.feature_extractor, "eval_seconds": time.time() - t0,
         "versions": [r["version"] for r in receipts], "model_name": last["model_name"],
     }
     write_json(lay.eval_result(scenario, run), out)
     np.savez_compressed(lay.eval_samples(scenario, run), **samples)
     return 0
+
+
+def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real: dict, classifier: bytes,
+                 tracking_uri: str) -> tuple[dict, list[dict], dict, dict]:
+    """The task x task matrices of one run: (matrix, MLflow row of each task k, the final grid samples,
+    parameter counts). Fetches each task's registered version itself, so it runs the same in the
+    stage's process or as a Ray task on any node."""
+    import mlflow
+    import torch
+
+    from lifelong.evaluation import quality, weights_for_task
+    from lifelong.models import load_model, model_config
+
+    mlflow.set_tracking_uri(tracking_uri)
+    spec = run_spec(run)
+    T = len(receipts)
+    device = torch.device("cuda" if params.train.use_gpu and torch.cuda.is_available() else "cpu")
+    keys = MATRIX_KEYS if scenario == "label" else IMAGE_MATRIX_KEYS
+    matrix = {key: [[None] * T for _ in range(T)] for key in keys}
+    models: dict[int, torch.nn.Module] = {}
+    rows, samples = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        classifier_path = Path(tmp) / "classifier.pt"
+        classifier_path.write_bytes(classifier)
+        for k, receipt in enumerate(receipts, start=1):
+            model_file = download_model_version(receipt["model_name"], receipt["version"], Path(tmp) / f"task-{k}",
+                                                stage_hint=stage_name(scenario, run, k))
+            state = torch.load(model_file, map_location="cpu", weights_only=True)  # read once: config + weights
+            cfg = model_config(state)
+            models[k] = load_model(state).to(device).eval()
+            row = {}
+            for j in range(1, k + 1):
+                net = weights_for_task(spec.old_task_weights, models, k, j)
+                images, labels, extra = generate_task(params, scenario, spec.family, net, cfg, j, real[j], device)
+                q = quality(images, labels, real[j][0] if scenario == "label" else real[j][1],
+                            classifier_path=str(classifier_path), feature_extractor=params.eval.feature_extractor,
+                            kid_subset_size=params.eval.kid_subset_size, device=device.type)
+                q.update(extra)
+                for key in keys:
+                    matrix[key][k - 1][j - 1] = None if q[key] is None else float(q[key])
+                    if q[key] is not None:
+                        row[f"eval/{key}/task-{j}"] = float(q[key])
+                if k == T:  # a few final samples per task (label: per class) for the report's grid
+                    samples.update(grid_samples(scenario, j, images, labels, real[j]))
+            row.update({f"eval/{key}_mean_seen": float(np.mean(vals)) for key in keys
+                        if (vals := [v for v in matrix[key][k - 1][:k] if v is not None])})
+            rows.append(row)
+            if spec.old_task_weights != "own_model":
+                models = {k: models[k]}  # only a model per task (standalone) needs the earlier ones again
+    return matrix, rows, samples, parameter_counts(spec.old_task_weights == "own_model", models[T], T)
+
+
+def on_gpu_worker(params, job: dict, num_gpus: float = 1):
+    """`evaluate_run(**job)` as one Ray task holding `num_gpus` GPUs, on whichever node has them."""
+    import ray
+
+    from pipeline.task import connect_ray
+
+    connect_ray(params)
+    task = ray.remote(num_gpus=num_gpus, num_cpus=1, max_retries=1)(evaluate_run)
+    return ray.get(task.remote(**job))
 
 
 def _log(client, run_id: str, metrics: dict, step: int = 0) -> None:

@@ -77,8 +77,16 @@ class Layout:
     def report(self) -> Path:
         return self.root / "results" / "report.md"
 
-    def storage_path(self, params: Params) -> str:
-        return params.train.storage_path or str(self.root / "runs")
+    def runs_root(self, params: Params) -> str:
+        """Where Ray Train keeps each task's checkpoints: <storage.uri>/runs (a shared path or s3://),
+        else <repo>/runs."""
+        return f"{params.storage.uri}/runs" if params.storage.uri else str(self.root / "runs")
+
+    def local_runs(self, params: Params) -> Path:
+        """Ray Train local mode's own checkpoint files (one process, this machine): runs_root when that
+        is a path, else <repo>/runs."""
+        root = self.runs_root(params)
+        return self.root / "runs" if "://" in root else Path(root)
 
     def tracking_uri(self, params: Params) -> str:
         return params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"

@@ -6,8 +6,8 @@ Two facts live here, and nowhere else:
   adds its method's own section (`lifelong.catalog`: `lifelong_gan` for gan-lifelong_gan, `distill`
   for the replay methods, none for the baselines). dvc.yaml's train stages declare exactly these
   keys (a test checks it) and `pipeline/train.py` keys its checkpoint directory on exactly these
-  values. Everything else in `train:` is operational (logging, checkpoint cadence, retries, storage,
-  worker placement): changing it neither re-runs a stage nor loses a checkpoint.
+  values. Everything else in `train:` is operational (logging, checkpoint cadence, retries, worker
+  placement), and so are `storage`, `ray` and `mlflow`: changing it neither re-runs a stage nor loses a checkpoint.
 - the stage plan: DVC cannot compute "task k - 1" inside dvc.yaml, so the train stages of each
   scenario (one per run and task, each naming its predecessor) are listed in `pipeline/stages.yaml`,
   generated from params.yaml (`scenarios.*.runs`, `data.tasks`, `image_data.tasks`). `lifelong repro`
@@ -33,9 +33,9 @@ RESULT_KEYS: dict[str, tuple[str, ...]] = {
 }
 FAMILY_SECTION = {"diffusion": "model", "gan": "gan"}  # the section that sizes each family's networks
 # ... and those that only say how to run it (documented; a test checks the two lists cover `train:`).
-OPERATIONAL_KEYS = ("train.cpus_per_worker", "train.local_mode", "train.checkpoint_every_steps",
-                    "train.log_every_steps", "train.max_failures", "train.loader_workers", "train.storage_path",
-                    "ray", "mlflow")
+OPERATIONAL_KEYS = ("train.cpus_per_worker", "train.placement", "train.local_mode", "train.checkpoint_every_steps",
+                    "train.log_every_steps", "train.max_failures", "train.loader_workers", "storage", "ray",
+                    "mlflow")
 # train.use_tuned reaches the train stages through the `tuned` stage's per-run file, results/tune/applied/<run>.json.
 
 PLAN_FILE = "pipeline/stages.yaml"

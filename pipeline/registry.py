@@ -252,8 +252,8 @@ def _requirements() -> list[str]:
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "torch", "numpy", "pandas", "diffusers")]
 
 
-def download_model_version(name: str, version: str, dst: Path, *, stage_hint: str) -> Path:
-    """Fetch a registered version's weights file; a missing version is one error naming it and the stage to run."""
+def check_model_version(name: str, version: str, *, stage_hint: str) -> None:
+    """A missing version is one error naming it and the stage to run (asked before any worker starts)."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -266,9 +266,38 @@ def download_model_version(name: str, version: str, dst: Path, *, stage_hint: st
             f"{mlflow.get_tracking_uri()}; re-create it with `dvc repro -f {stage_hint}` "
             "(or point mlflow.tracking_uri at the registry that has it)"
         ) from None
+
+
+def download_model_version(name: str, version: str, dst: Path, *, stage_hint: str) -> Path:
+    """Fetch a registered version's weights file; a missing version is one error naming it and the stage to run."""
+    import mlflow
+
+    check_model_version(name, version, stage_hint=stage_hint)
     path = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dst)))
     for model_file in (path / "artifacts" / MODEL_FILE, path / MODEL_FILE):  # pyfunc generator | state_dict
         if model_file.exists():
             return model_file
     raise LookupError(f"registered model {name!r} version {version} has no {MODEL_FILE}; "
                       f"re-create it with `dvc repro -f {stage_hint}`")
+
+
+def fetch_model_version(name: str, version: str, model_id: str, *, stage_hint: str, cache: Path) -> Path:
+    """`download_model_version` into this node's cache, once: `cache/<model_id>` (a logged model's id
+    is unique across registries) appears only complete, renamed from a private download folder, so
+    workers of the same node and later attempts reuse it."""
+    done = cache / model_id
+    if not done.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{model_id}-"))
+        try:
+            download_model_version(name, version, tmp, stage_hint=stage_hint)
+            try:
+                os.replace(tmp, done)
+            except OSError:  # another process of this node finished first: theirs is as good
+                pass
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    for model_file in (done / "artifacts" / MODEL_FILE, done / MODEL_FILE):
+        if model_file.exists():
+            return model_file
+    raise LookupError(f"{done} holds no {MODEL_FILE}; delete the folder and re-run `dvc repro`")

@@ -8,6 +8,7 @@ prefix of the task sequence) both import this module; neither imports the other.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from lifelong.catalog import run_spec
@@ -122,20 +123,26 @@ def check_cluster(params: Params) -> None:
 
     lay = layout()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    problem = multi_node_problem(
-        nodes=nodes, tracking_uri=lay.tracking_uri(params), mounts=read_mounts(),
-        paths={"train.storage_path": Path(lay.storage_path(params)), "the checkout's data/": lay.root / "data"})
+    # What the workers read and write by path: the storage root, or with none the checkout (data/shards, runs/).
+    root = params.storage.uri
+    paths = {"storage.uri": root} if root else {"storage.uri is null: the checkout holds shards and runs": lay.root}
+    problem = multi_node_problem(nodes=nodes, tracking_uri=lay.tracking_uri(params), mounts=read_mounts(), paths=paths)
     if problem:
         raise ParamsError(problem)
 
 
+def checkpoints_kind(params: Params) -> str:
+    """The train stage's checkpoints (lifelong.training): our own files in local mode, else Ray Train's."""
+    return "files" if use_local_mode(params) else "ray"
+
+
 def fit(cfg: dict, params: Params, *, name: str, storage_path: str, num_workers: int | None = None,
         callbacks: list | None = None, loop=None):
-    """Run `loop(cfg)` (default: `lifelong.training.train_loop_per_worker`) as one Ray Train job;
-    returns its Result.
+    """Run `loop(cfg)` (default: `lifelong.training.train_loop_per_worker`) as one Ray Train job named
+    `name` on `storage_path` (a path or s3://); returns its Result.
 
     num_workers=None: the train stage's choice (local mode for one CPU worker, else train.num_workers
-    DDP workers on the cluster).
+    DDP workers on the cluster). cfg["checkpoints"] must match: "files" for local mode, else "ray".
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -145,6 +152,9 @@ def fit(cfg: dict, params: Params, *, name: str, storage_path: str, num_workers:
     if num_workers is None:
         num_workers = 0 if use_local_mode(params) else params.train.num_workers
     loop = loop or train_loop_per_worker
+    if (cfg.get("checkpoints") == "files") != (num_workers == 0):
+        raise ValueError(f"checkpoints={cfg.get('checkpoints')!r} with num_workers={num_workers}: local mode (0) "
+                         "keeps its own files, real Train workers keep Ray Train checkpoints ('ray')")
     if num_workers > 0:
         import ray
 
@@ -154,17 +164,40 @@ def fit(cfg: dict, params: Params, *, name: str, storage_path: str, num_workers:
         if ray.get_runtime_context().get_actor_id() is None:  # the stage's driver (a Tune trial: its search's)
             check_cluster(params)
         loop = same_code(loop, code_digest())  # each worker checks it runs this driver's code
+    from lifelong.storage import filesystem
+
+    store, path = filesystem(storage_path)  # s3:// with the AWS environment's endpoint and keys
     trainer = TorchTrainer(
         loop,
         train_loop_config=cfg,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=num_workers, use_gpu=params.train.use_gpu,
+            num_workers=num_workers, use_gpu=params.train.use_gpu, placement_strategy=params.train.placement,
             resources_per_worker={"CPU": params.train.cpus_per_worker} if num_workers > 0 else None),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_path, callbacks=callbacks or [],
+            name=name, storage_path=path, storage_filesystem=store, callbacks=callbacks or [],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.get("keep_checkpoints", 2)),
             failure_config=ray.train.FailureConfig(max_failures=params.train.max_failures)),
     )
     result = trainer.fit()
     if result.error:
         raise result.error
     return result
+
+
+@contextmanager
+def final_model(result, cfg: dict):
+    """(the final model file, the loss curve) of a finished fit, readable while the block runs: from
+    the Ray Train checkpoint the last report handed back (on the run's storage, downloaded when it is
+    s3://), or from local mode's own files."""
+    from lifelong.training import FINAL_NAME, read_metrics
+
+    if cfg["checkpoints"] == "files":
+        yield Path(cfg["checkpoint_dir"]) / FINAL_NAME, read_metrics(cfg["checkpoint_dir"])
+        return
+    if result.checkpoint is None:
+        raise RuntimeError(f"training of {result.path} finished without handing back a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        final = Path(d) / FINAL_NAME
+        if not final.exists():
+            raise RuntimeError(f"the last checkpoint of {result.path} has no {FINAL_NAME}")
+        yield final, read_metrics(d)

@@ -110,26 +110,34 @@ class LiveLogger:
         mlflow.flush_async_logging()
 
 
-def log_curve(run_id: str, curve: list[dict]) -> None:
-    """Log rows of an earlier attempt's metrics.jsonl (a resumed task's run shows its whole curve)."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    metrics = [Metric(f"train/{k}", float(v), int(1000 * row.get("wall_time", time.time())), int(row["step"]))
-               for row in curve for k, v in row.items() if k not in NOT_A_CURVE]
-    for i in range(0, len(metrics), 1000):  # MLflow's log_batch limit
-        MlflowClient().log_batch(run_id, metrics=metrics[i:i + 1000])
-
-
 def train_loop(config: dict) -> None:
-    """The train stage's Ray Train loop: the library's loop, with rank 0 logging live to the task's run.
+    """The train stage's Ray Train loop: the library's loop, with rank 0 logging live to the task's run,
+    and the previous task's model fetched from the registry by the workers themselves.
 
-    config["mlflow"] = {"tracking_uri": ..., "run_id": ...} (or None: no live logging)."""
+    config["mlflow"] = {"tracking_uri": ..., "run_id": ...} (or None: no live logging);
+    config["previous"] = {"name", "version", "model_id", "stage_hint", "tracking_uri"} (or None: task 1). The first
+    worker of each node downloads it into that node's cache while the others wait."""
     from lifelong import distributed as dist
+    from lifelong.storage import default_cache_dir
     from lifelong.training import train_loop_per_worker
 
     config = dict(config)
     live = config.pop("mlflow", None)
+    previous = config.pop("previous", None)
+    if previous is not None:
+        from pathlib import Path
+
+        import mlflow
+
+        from pipeline.registry import fetch_model_version
+
+        mlflow.set_tracking_uri(previous["tracking_uri"])
+        fetch = {k: v for k, v in previous.items() if k != "tracking_uri"}
+        fetch["cache"] = Path(default_cache_dir()) / "models"
+        if dist.get_local_rank() == 0:
+            fetch_model_version(**fetch)
+        dist.barrier()
+        config["init_state"] = str(fetch_model_version(**fetch))  # in the cache now: no download
     logger = LiveLogger(**live) if live and dist.get_rank() == 0 else None
     try:
         train_loop_per_worker(config, on_log=logger)

@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -29,9 +28,9 @@ from lifelong.catalog import run_spec
 from pipeline.layout import Layout, git_commit, layout, read_json, run_stage, write_json
 from pipeline.params import Params, load_params
 from pipeline.plan import result_values, stage_name
-from pipeline.registry import download_model_version, failpoint, model_name, register_model_version, setup_mlflow
-from pipeline.task import apply_tuned, budget, fit, model_config, use_local_mode
-from pipeline.tracking import chain_run, log_curve, task_run, train_loop
+from pipeline.registry import check_model_version, failpoint, model_name, register_model_version, setup_mlflow
+from pipeline.task import apply_tuned, budget, checkpoints_kind, final_model, fit, model_config, use_local_mode
+from pipeline.tracking import chain_run, task_run, train_loop
 
 
 def flat_params(params: Params) -> dict[str, str]:
@@ -65,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow answers (or the stage stops here, in seconds, with the URI and the fix).
     experiment_id = setup_mlflow(params, lay)
 
-    # [1] data: verified before anything expensive; joint trains on tasks 1..k, every other method on task k.
+    # [1] data: verified before anything expensive; joint trains on tasks 1..k, every other method on
+    # task k. With a storage root (storage.uri) the shards are published there, content-addressed,
+    # and workers on any node read them by URL.
     data_tasks = list(range(1, k + 1)) if spec.trains_on_seen_tasks else [k]
-    shards, data_digest = task_data(lay, scenario, data_tasks)
+    shards, data_digest = task_data(lay, scenario, data_tasks, storage_uri=params.storage.uri)
 
     # [2] the previous task's receipt: the exact registered version this task continues from.
     prev_receipt = None
@@ -82,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     run_key = _key({**chain, "task": k, "classes": params.task_classes(scenario, k),
                     "num_classes": params.num_classes, "data": data_digest,
                     "prev": prev_receipt and prev_receipt["model_id"]})
-    storage_path = lay.storage_path(params)
-    if "://" in storage_path:
-        raise SystemExit("train.storage_path URIs are not supported for checkpoints yet; use a shared mount")
+    # Checkpoints: Ray Train's on the storage root (<storage.uri>/runs or <repo>/runs), or local mode's
+    # own files on this machine (lifelong/training.py).
     ray_name = f"{params.experiment}-{scenario}-{run}-task{k}-{run_key}"
-    run_dir = Path(storage_path) / ray_name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    runs_root, checkpoints = lay.runs_root(params), checkpoints_kind(params)
+    run_dir = lay.local_runs(params) / ray_name
+    if checkpoints == "files":
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     # [4] the MLflow runs: the chain's parent run and this task's run, open (live) for the whole task.
     tags = {
@@ -104,49 +106,52 @@ def main(argv: list[str] | None = None) -> int:
                                   "hyper": json.dumps(budget(params, run), sort_keys=True)})
     with task_run(experiment_id, parent_id=parent_id, run_key=run_key, name=f"task-{k} {scenario}/{run}",
                   tags=tags) as mlflow_run_id:
-        log_lineage(params, lay, scenario, run, k, hyper=budget(params, run), tuned=tuned, run_dir=run_dir,
+        log_lineage(params, lay, scenario, run, k, hyper=budget(params, run), tuned=tuned,
+                    run_dir=run_dir if checkpoints == "files" else f"{runs_root}/{ray_name}",
                     data_tasks=data_tasks, prev_receipt=prev_receipt, data_digest=data_digest)
 
-        # [5] train: one Ray Train job, starting from the previous task's registered model; rank 0
-        # logs its losses to this run as it trains.
-        init_state = None
+        # [5] train: one Ray Train job, starting from the previous task's registered model, which the
+        # workers fetch from the registry themselves (asked here first: a missing version fails now);
+        # rank 0 logs its losses to this run as it trains.
+        previous = None
         if prev_receipt is not None:
-            init_state = str(download_model_version(prev_receipt["model_name"], prev_receipt["version"],
-                                                    run_dir / "previous", stage_hint=stage_name(scenario, run, k - 1)))
-        from lifelong.training import TaskTrainConfig, read_metrics
+            previous = {"name": prev_receipt["model_name"], "version": prev_receipt["version"],
+                        "model_id": prev_receipt["model_id"], "stage_hint": stage_name(scenario, run, k - 1),
+                        "tracking_uri": mlflow.get_tracking_uri()}
+            check_model_version(previous["name"], previous["version"], stage_hint=previous["stage_hint"])
+        from lifelong.training import TaskTrainConfig
 
         previous_classes = sorted({c for t in range(1, k) for c in params.task_classes(scenario, t)})
         cfg = TaskTrainConfig(
             method=spec.name, family=spec.family, paired=scenario == "image",
             model_config=model_config(params, scenario, spec.family), task_index=k,
             task_classes=params.task_classes(scenario, k), previous_classes=previous_classes, shards=shards,
-            checkpoint_dir=str(run_dir / "checkpoints"), init_state=init_state, grad_clip=params.train.grad_clip,
+            checkpoint_dir=str(run_dir / "checkpoints"), checkpoints=checkpoints, grad_clip=params.train.grad_clip,
             checkpoint_every=params.train.checkpoint_every_steps, log_every=params.train.log_every_steps,
             seed=params.seed, use_gpu=params.train.use_gpu, loader_workers=params.train.loader_workers,
             **budget(params, run),
         )
-        log_curve(mlflow_run_id, read_metrics(cfg.checkpoint_dir))  # an interrupted attempt's part of the curve
         t_fit = time.time()
-        fit({**cfg.to_dict(), "mlflow": {"tracking_uri": mlflow.get_tracking_uri(), "run_id": mlflow_run_id}},
-            params, name=ray_name, storage_path=storage_path, loop=train_loop)
+        job = {**cfg.to_dict(), "previous": previous,
+               "mlflow": {"tracking_uri": mlflow.get_tracking_uri(), "run_id": mlflow_run_id}}
+        result = fit(job, params, name=ray_name, storage_path=runs_root, loop=train_loop)
         fit_seconds = time.time() - t_fit
-        final = Path(cfg.checkpoint_dir) / "final.pt"
-        if not final.exists():
-            raise RuntimeError(f"training finished but {final} is missing")
-        curve = {int(m["step"]): m for m in read_metrics(cfg.checkpoint_dir)}
-        train_seconds = max((m.get("train_seconds", 0.0) for m in curve.values()), default=0.0)
-        mlflow.log_metrics({"train_seconds": train_seconds, "stage_fit_seconds": fit_seconds})
 
-        # [6] the registered version (found again, never duplicated, if an earlier attempt got that far)
-        t_register = time.time()
-        receipt = register_model_version(
-            name=model_name(params, scenario, run), model_file=final, run_id=mlflow_run_id,
-            experiment_id=experiment_id, alias=f"task-{k}", run_key=run_key, tags=tags,
-            logged_name=f"{run}-task{k}",
-            generator={"scenario": scenario, "run": run, "task": k, "classes": params.task_classes(scenario, k),
-                       "seed": params.seed * 100 + k, "batch_size": params.eval.batch_size,
-                       "ddim_steps": params.eval.ddim_steps},
-        )
+        # [6] the registered version, from the final model the job handed back (found again, never
+        # duplicated, if an earlier attempt got that far)
+        with final_model(result, job) as (final, rows):
+            curve = {int(m["step"]): m for m in rows}
+            train_seconds = max((m.get("train_seconds", 0.0) for m in curve.values()), default=0.0)
+            mlflow.log_metrics({"train_seconds": train_seconds, "stage_fit_seconds": fit_seconds})
+            t_register = time.time()
+            receipt = register_model_version(
+                name=model_name(params, scenario, run), model_file=final, run_id=mlflow_run_id,
+                experiment_id=experiment_id, alias=f"task-{k}", run_key=run_key, tags=tags,
+                logged_name=f"{run}-task{k}",
+                generator={"scenario": scenario, "run": run, "task": k, "classes": params.task_classes(scenario, k),
+                           "seed": params.seed * 100 + k, "batch_size": params.eval.batch_size,
+                           "ddim_steps": params.eval.ddim_steps},
+            )
 
     # [7] the receipt the next task's stage depends on: written last, so DVC never records a task
     # whose model is not registered.
@@ -158,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                    timing={"main_started": t_start, "first_step": last.get("first_step_wall"),
                            "last_step": last.get("wall_time"), "registered": time.time()})
     write_json(lay.receipt(scenario, run, k), receipt)
-    # The task is registered: its step checkpoints are no longer needed (final.pt stays for resume).
+    # The task is registered: local mode's step files are no longer needed (final.pt stays for a rerun;
+    # Ray Train keeps its last checkpoints, CheckpointConfig.num_to_keep).
     for p in Path(cfg.checkpoint_dir).glob("step-*.pt"):
         p.unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "previous", ignore_errors=True)
     print(f"[train] {scenario}/{run} task {k}: registered {receipt['model_name']} v{receipt['version']} "
           f"(alias task-{k}); train {train_seconds:.1f}s, fit {fit_seconds:.1f}s, "
           f"register {time.time() - t_register:.1f}s, stage {time.time() - t_start:.1f}s", flush=True)
@@ -181,15 +186,23 @@ def check_stage_args(params: Params, scenario: str, run: str, k: int) -> None:
         raise SystemExit(f"--task {k} is out of range: the {scenario} scenario has {T} tasks (1..{T})")
 
 
-def task_data(lay: Layout, scenario: str, data_tasks: list[int]) -> tuple[list[str], str]:
-    """The verified training shards of these tasks, and their digest (from the manifest)."""
-    from lifelong.data import read_manifest, task_shard_paths, verify_shards
+def task_data(lay: Layout, scenario: str, data_tasks: list[int], *,
+              storage_uri: str | None = None) -> tuple[list[str], str]:
+    """The verified training shards of these tasks (paths in the repository, or, with a storage root,
+    their content-addressed URLs there, published once) and their digest (from the manifest)."""
+    from lifelong.data import read_manifest, task_shard_files, verify_shards
 
     shard_dir = lay.scenario_shards(scenario)
     for t in data_tasks:
         verify_shards(shard_dir, task=t)
     manifest = read_manifest(shard_dir)
-    shards = [str(p) for t in data_tasks for p in task_shard_paths(shard_dir, t, "train")]
+    files = [f for t in data_tasks for f in task_shard_files(shard_dir, t, "train")]
+    if storage_uri:
+        from lifelong.storage import publish_shards
+
+        shards = publish_shards(files, storage_uri)
+    else:
+        shards = [path for path, _ in files]
     digest = hashlib.sha256("".join(_task_digest(manifest, t) for t in data_tasks).encode()).hexdigest()
     return shards, digest
 

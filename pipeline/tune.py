@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -92,14 +91,14 @@ def trial(config: dict, ctx: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lifelong.training import TaskTrainConfig
+    from lifelong.storage import url_of
+    from lifelong.training import FINAL_NAME, TaskTrainConfig
 
     trial_id = ray.tune.get_context().get_trial_id()
     params = with_values(ctx["params"], flatten(config))
     # the train stage's own budget and method options, with this trial's values and the search's steps
     hyper = dict(budget(params, ctx["run"]), steps=ctx["steps"])
     T = len(ctx["tasks"])
-    trial_dir = Path(ctx["trial_root"]) / trial_id
     init_state, history = None, []  # history[i][j]: FID of task j+1 after task i+1 (weighted objective)
     for k in range(1, T + 1):
         last = k == T
@@ -113,7 +112,7 @@ def trial(config: dict, ctx: dict) -> None:
         cfg = TaskTrainConfig(
             method=ctx["method"], family=ctx["family"], model_config=ctx["model_config"], task_index=k,
             task_classes=ctx["tasks"][k - 1], previous_classes=[c for classes in ctx["tasks"][: k - 1] for c in classes],
-            shards=ctx["train_shards"][k - 1], checkpoint_dir=str(trial_dir / f"task-{k}"), init_state=init_state,
+            shards=ctx["train_shards"][k - 1], checkpoint_dir="", checkpoints="ray", init_state=init_state,
             grad_clip=params.train.grad_clip, **hyper,
             checkpoint_every=ctx["steps"],  # no step files: a stopped trial is discarded, not resumed
             log_every=ctx["eval_every"] if last else ctx["steps"], seed=params.seed, use_gpu=params.train.use_gpu,
@@ -126,29 +125,38 @@ def trial(config: dict, ctx: dict) -> None:
                      num_workers=params.train.num_workers, callbacks=[TuneReportCallback()] if last else [])
         if spec is not None and not last:
             history.append([result.metrics[f"fid_task{j}"] for j in range(1, k + 1)])
-        init_state = str(Path(cfg.checkpoint_dir) / "final.pt")
+        # the next task's workers (on any node) read the final model where the job handed it back
+        init_state = url_of(f"{result.checkpoint.path}/{FINAL_NAME}", result.checkpoint.filesystem)
 
 
-def trial_context(params: Params, lay: Layout, trial_root: Path, train_storage: Path) -> dict:
-    """Everything a trial needs, as plain data with absolute paths (Ray actors change directory)."""
-    from lifelong.data import task_shard_paths, verify_shards
+def trial_context(params: Params, lay: Layout, train_storage: str) -> dict:
+    """Everything a trial needs, as plain data: absolute paths (Ray actors change directory), or with
+    a storage root (storage.uri) the URLs of the shards and the classifier published there, which
+    workers on any node fetch and check."""
+    from lifelong.data import task_shard_files, verify_shards
+    from lifelong.storage import publish_file, publish_shards
 
     tp = params.tune
     spec = run_spec(tp.run)
     T = tp.tasks
     for t in range(1, T + 1):
         verify_shards(lay.shards, task=t)
-    train_shards = [[str(p) for t in (range(1, k + 1) if spec.trains_on_seen_tasks else [k])
-                     for p in task_shard_paths(lay.shards, t, "train")] for k in range(1, T + 1)]
+    root = params.storage.uri
+
+    def shards(tasks, split: str) -> list[str]:
+        files = [f for t in tasks for f in task_shard_files(lay.shards, t, split)]
+        return publish_shards(files, root) if root else [path for path, _ in files]
+
+    train_shards = [shards(range(1, k + 1) if spec.trains_on_seen_tasks else [k], "train") for k in range(1, T + 1)]
     return {
         "params": params, "run": tp.run, "family": spec.family, "method": spec.name,
         "model_config": model_config(params, "label", spec.family),
         "tasks": params.data.tasks[:T], "train_shards": train_shards,
-        "real_shards": [[str(p) for p in task_shard_paths(lay.shards, t, "test")] for t in range(1, T + 1)],
-        "steps": tp.steps_per_task, "eval_every": tp.eval_every_steps,
-        "trial_root": str(trial_root), "train_storage": str(train_storage),
+        "real_shards": [shards([t], "test") for t in range(1, T + 1)],
+        "steps": tp.steps_per_task, "eval_every": tp.eval_every_steps, "train_storage": train_storage,
         "objective": {
-            "kind": tp.objective, "alpha": tp.objective_alpha, "classifier": str(lay.classifier),
+            "kind": tp.objective, "alpha": tp.objective_alpha,
+            "classifier": publish_file(str(lay.classifier), root, "models") if root else str(lay.classifier),
             "feature_extractor": params.eval.feature_extractor, "kid_subset_size": params.eval.kid_subset_size,
             "samples_per_class": tp.samples_per_class, "ddim_steps": tp.ddim_steps, "seed": params.seed,
         },
@@ -157,12 +165,14 @@ def trial_context(params: Params, lay: Layout, trial_root: Path, train_storage: 
 
 # --- the search ---------------------------------------------------------------------------------
 
-def run_search(params: Params, ctx: dict, storage: Path):
+def run_search(params: Params, ctx: dict, storage: str):
     from functools import partial
 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    from lifelong.storage import filesystem
 
     tp = params.tune
     if tp.scheduler == "asha":
@@ -180,14 +190,26 @@ def run_search(params: Params, ctx: dict, storage: Path):
     # The trial actor only waits on its TorchTrainer: no CPU, so every CPU goes to Train workers
     # (two trials with one 1-CPU worker each fit 2 CPUs). Tune rejects an all-zero request, hence 1 MiB.
     trainable = tune.with_resources(partial(trial, ctx=ctx), {"CPU": 0, "memory": 2**20})
+    store, path = filesystem(storage)
     tuner = tune.Tuner(
         trainable,
         param_space=build_space(tp),
         tune_config=tune.TuneConfig(metric="objective", mode="min", search_alg=search_alg, scheduler=scheduler,
                                     num_samples=tp.num_samples),
-        run_config=tune.RunConfig(name="search", storage_path=str(storage), verbose=1),
+        run_config=tune.RunConfig(name="search", storage_path=path, storage_filesystem=store, verbose=1),
     )
     return tuner.fit()
+
+
+def remove_tree(root: str) -> None:
+    """Delete a folder of the storage root (a path or s3://), if it is there."""
+    from pyarrow import fs as pafs
+
+    from lifelong.storage import filesystem
+
+    store, path = filesystem(root)
+    if store.get_file_info(path).type != pafs.FileType.NotFound:
+        store.delete_dir(path)
 
 
 def trial_table(grid, tune_params: TuneParams) -> list[dict]:
@@ -307,12 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     if not lay.classifier.exists():
         raise FileNotFoundError(f"{lay.classifier} not found (the objective's FID needs it); "
                                 "run `dvc repro classifier` first")
-    storage = Path(lay.storage_path(params))
-    if "://" in str(params.train.storage_path or ""):
-        raise SystemExit("train.storage_path URIs are not supported for the search yet; use a shared mount")
-    search_root = storage / f"tune-{tp.method}"
-    shutil.rmtree(search_root, ignore_errors=True)  # a new search: never resume an old one's trials
-    ctx = trial_context(params, lay, search_root / "trials", search_root / "train")
+    # The search and its trials' Train runs live on the storage root (<storage.uri>/runs or <repo>/runs).
+    search_root = f"{lay.runs_root(params)}/tune-{tp.method}"
+    remove_tree(search_root)  # a new search: never resume an old one's trials
+    ctx = trial_context(params, lay, f"{search_root}/train")
     from pipeline.registry import setup_mlflow
 
     setup_mlflow(params, lay)  # create/upgrade the DB once, before anything runs (fails fast on a bad URI)
@@ -343,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     stopped = sum(r["stopped_early"] for r in rows)
     print(f"[tune] {tp.method}: {len(rows)} trials ({stopped} stopped early), best objective "
           f"{best['objective']:.3f} with {best['config']} ({best['trial_id']}); {seconds:.0f}s", flush=True)
-    shutil.rmtree(search_root / "trials", ignore_errors=True)  # trial weights: the search result is the config
+    remove_tree(f"{search_root}/train")  # trial weights: the search result is the config
     return 0
 
 

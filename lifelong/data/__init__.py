@@ -11,6 +11,7 @@ from lifelong.data.paired import (
 from lifelong.data.shards import (
     ShardError,
     read_manifest,
+    task_shard_files,
     task_shard_paths,
     verify_shards,
     write_dataset_shards,
@@ -33,6 +34,7 @@ __all__ = [
     "read_all_pairs",
     "read_idx",
     "read_manifest",
+    "task_shard_files",
     "task_shard_paths",
     "train_batches",
     "train_pair_batches",

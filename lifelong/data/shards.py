@@ -191,13 +191,18 @@ def task_shard_paths(out_dir: str | os.PathLike, task: int, split: str) -> list[
 
     Absolute because Ray Train workers chdir into their session folder.
     """
+    return [path for path, _ in task_shard_files(out_dir, task, split)]
+
+
+def task_shard_files(out_dir: str | os.PathLike, task: int, split: str) -> list[tuple[str, str]]:
+    """(absolute path, sha256 from the manifest) of task ``task``'s (1-based) shards for ``split``."""
     out_dir = Path(out_dir).resolve()
     entry = _task_entry(read_manifest(out_dir), task, out_dir)
     if split not in entry["splits"]:
         raise ShardError(
             f"task {task} has no {split!r} shards in {out_dir} (has {sorted(entry['splits'])}); {_REPAIR_HINT}"
         )
-    return [str(out_dir / shard["name"]) for shard in entry["splits"][split]["shards"]]
+    return [(str(out_dir / shard["name"]), shard["sha256"]) for shard in entry["splits"][split]["shards"]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 plus linear combinations of a frozen filter bank made of the earlier tasks' filters.
 
 The method only changes the generator's structure between tasks (`prepare`); its loss is the plain
-GAN loss of fine-tuning. Old tasks never change: their free filters, mixing matrices and
-per-task layers are frozen inside the same module, so `set_task(G, i)` rebuilds task i exactly.
-The discriminators are ordinary networks, carried over and retrained on each task.
+GAN loss of fine-tuning. With `warm_start` (the default) task t's generator starts as task t-1's
+(same effective filters, biases and per-task layers; see lifelong/models/piggyback.py), as
+fine-tuning's does; without it, task t's new filters and mixing matrices start from random draws.
+Old tasks never change: their free filters, mixing matrices and per-task layers are frozen inside
+the same module, so `set_task(G, i)` rebuilds task i exactly. The discriminators are ordinary
+networks, carried over and retrained on each task.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ class PiggybackGAN(GANFineTune):
         cfg: GANConfig,
         *,
         filter_ratio: float = 0.25,  # lambda: share of each layer's filters that are new and free
+        warm_start: bool = True,  # task t's generator starts as task t-1's, not from random U_t, M_t
         generator_seed: int = 0,
     ) -> None:
         super().__init__(cfg, generator_seed=generator_seed)
         self.filter_ratio = filter_ratio
+        self.warm_start = warm_start
 
     def prepare(self, nets, task: TaskInfo):
         G = nets["G"]
@@ -35,7 +40,8 @@ class PiggybackGAN(GANFineTune):
                                  f"{task.index - 1}")
             piggyback.piggyback_(G, self.filter_ratio)  # task 1: every filter free, the bank is empty
         else:
-            piggyback.add_task(G)  # task t: U_t free, M_t mixes the frozen bank [U_1; ...; U_{t-1}]
+            # task t: U_t free, M_t mixes the frozen bank [U_1; ...; U_{t-1}]
+            piggyback.add_task(G, warm_start=self.warm_start)
         nets.cfg.piggyback_ratio = self.filter_ratio
         nets.cfg.piggyback_tasks = piggyback.num_tasks(G)
         return nets

@@ -9,7 +9,19 @@ For a conv layer with n output filters, each of shape (c, k, k):
       W_t = concat(U_t, P_t)  on the output-filter axis.
 Everything a task owns is frozen once the next task is added, and W_i is rebuilt from U_i, M_i and
 U_1..U_{i-1} only, so old tasks stay bit-identical forever. Layers that are not convolutions (Linear,
-Embedding, GroupNorm, ...) get one full copy per task (`TaskSpecific`).
+Embedding, GroupNorm, ...) get one full copy per task (`TaskSpecific`), which starts as task t-1's.
+
+Warm start (`add_task(model, warm_start=True)`; PiggybackGAN's default): task t starts as task
+t-1's network, W_t = W_{t-1}. The free filters come first in W_t, so U_t must be W_{t-1}'s first m
+filters; the other n - m filters of W_{t-1} lie in the span of the bank F_t (for t = 2 they are U_1's
+own, for t >= 3 they are P_{t-1} = F_{t-1}^T M_{t-1} and F_{t-1} is a part of F_t), so one M_t
+reproduces them exactly:
+    t = 2:   U_2 = U_1[:m],   M_2 = one-hot columns picking U_1[m:] from F_2 = U_1
+    t >= 3:  U_t = U_{t-1},   M_t = [M_{t-1}; 0]  (zero weight on the bank's new rows, U_{t-1})
+(U_t is the only choice; M_t is one of several when the bank's filters are linearly dependent.)
+Biases: b_t = b_{t-1}. With `warm_start=False` (add_task's default, its behaviour from before the
+option) U_t, M_t and b_t are drawn fresh; with a short step budget the later tasks of a GAN then
+barely learn (issue 11).
 
 Usage: `piggyback_(model, ratio)` once, train task 1, then `add_task(model)` before each new task;
 `set_task(model, i)` selects which task the model computes. To reload a checkpoint, build the same
@@ -38,6 +50,9 @@ class _TaskLayer(nn.Module):
     def set_task(self, t: int) -> None:
         _check_task(t, self.num_tasks)
         self.active_task = t
+
+    def add_task(self, warm_start: bool = False) -> None:
+        raise NotImplementedError
 
     def task_parameters(self, t: int) -> list[nn.Parameter]:
         raise NotImplementedError
@@ -85,25 +100,53 @@ class _PiggybackConv(_TaskLayer):
     def _to_filters(self, w: Tensor) -> Tensor:
         return w.permute(1, 0, 2, 3) if self.transposed else w
 
-    def add_task(self) -> None:
+    def add_task(self, warm_start: bool = False) -> None:
         self._freeze_all()
+        u, mix, bias = self._warm_start() if warm_start else self._fresh_start()
+        self.free.append(nn.Parameter(u))
+        self.mix.append(nn.Parameter(mix))
+        if bias is not None:
+            self.biases.append(nn.Parameter(bias))
+        self.num_tasks += 1
+        self.active_task = self.num_tasks
+
+    def _warm_start(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """U_t, M_t, b_t with W_t = W_{t-1} and b_t = b_{t-1} (see the module docstring). Copies,
+        never views: training task t must not move task t-1's frozen tensors."""
+        prev = self.num_tasks  # t - 1
+        u_prev = self.free[prev - 1].detach()  # U_1: (n, c, k, k); U_{t-1}, t >= 3: (m, c, k, k)
+        u = u_prev[: self.m].clone()
+        if prev == 1:
+            # bank F_2 = U_1; column j of M_2 is e_{m+j}, so P_2[j] = U_1[m + j] (bit-exact: 1*x + 0*y)
+            mix = torch.eye(self.n, device=u.device, dtype=u.dtype)[:, self.m :].contiguous()  # (n, n - m)
+        else:
+            # F_t = [F_{t-1}; U_{t-1}]: keep M_{t-1}'s combination of F_{t-1}, weight 0 on U_{t-1}.
+            # Equal to P_{t-1} up to the matmul's summation order (float rounding, ~1e-7 relative).
+            m_prev = self.mix[prev - 2].detach()  # (|F_{t-1}|, n - m)
+            mix = torch.cat([m_prev, m_prev.new_zeros(self.m, self.n - self.m)], dim=0)  # (|F_t|, n - m)
+        bias = self.biases[prev - 1].detach().clone() if len(self.biases) else None
+        return u, mix, bias
+
+    def _fresh_start(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """U_t, M_t, b_t drawn from scratch, like a fresh layer's (and in the same RNG order as before
+        the warm start existed, so `warm_start=False` reproduces those runs)."""
         u_prev = self.free[0]
         # U_t: the first m filters of a fresh layer's weight, drawn as torch draws one
         # (kaiming_uniform_ with a=sqrt(5), fan_in from the wrapped layer's weight shape).
         fresh = torch.empty(self._weight_shape, device=u_prev.device, dtype=u_prev.dtype)
         nn.init.kaiming_uniform_(fresh, a=math.sqrt(5))
-        self.free.append(nn.Parameter(self._to_filters(fresh)[: self.m].contiguous()))
+        u = self._to_filters(fresh)[: self.m].contiguous()
         # M_t ~ N(0, 1/|F_t|): a piggyback filter then starts at about the scale of a bank filter
         # (a sum of |F_t| filters with weights of variance 1/|F_t|), i.e. like a fresh filter.
         bank_size = self.n + (self.num_tasks - 1) * self.m
         mix = torch.randn(bank_size, self.n - self.m, device=u_prev.device, dtype=u_prev.dtype)
-        self.mix.append(nn.Parameter(mix / math.sqrt(bank_size)))
+        mix = mix / math.sqrt(bank_size)
+        bias = None
         if len(self.biases):
             # the whole bias is per task; fresh like nn.Conv*'s: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
             bound = 1.0 / math.sqrt(fresh[0].numel())  # fan_in as torch computes it for this weight
-            self.biases.append(nn.Parameter(torch.empty_like(self.biases[0]).uniform_(-bound, bound)))
-        self.num_tasks += 1
-        self.active_task = self.num_tasks
+            bias = torch.empty_like(self.biases[0]).uniform_(-bound, bound)
+        return u, mix, bias
 
     def weight_for(self, t: int) -> Tensor:
         """W_t in the wrapped layer's weight layout, from U_t, M_t and U_1..U_{t-1} only."""
@@ -168,9 +211,11 @@ class TaskSpecific(_TaskLayer):
         self.tasks = nn.ModuleList([module])
         self.num_tasks, self.active_task = 1, 1
 
-    def add_task(self) -> None:
+    def add_task(self, warm_start: bool = False) -> None:
         self._freeze_all()
-        new = copy.deepcopy(self.tasks[-1])  # start task t from task t-1's solution
+        # task t starts from task t-1's copy, warm_start or not (it always has, so warm_start=False
+        # still reproduces the runs from before the option)
+        new = copy.deepcopy(self.tasks[-1])
         new.requires_grad_(True)
         self.tasks.append(new)
         self.num_tasks += 1
@@ -251,11 +296,16 @@ def num_tasks(model: nn.Module) -> int:
     return counts.pop()
 
 
-def add_task(model: nn.Module) -> None:
-    """Every layer adds a task; the new task is active and owns the only trainable parameters."""
+def add_task(model: nn.Module, *, warm_start: bool = False) -> None:
+    """Every layer adds a task; the new task is active and owns the only trainable parameters.
+
+    warm_start: the new task starts as the previous one (W_t = W_{t-1} and b_t = b_{t-1} in every
+    conv); False (as before the option): the convs' U_t, M_t and b_t are drawn fresh. Per-task
+    layers start as copies of the previous task's either way.
+    """
     num_tasks(model)  # validates
     for layer in _layers(model):
-        layer.add_task()
+        layer.add_task(warm_start=warm_start)
 
 
 def set_task(model: nn.Module, t: int) -> None:

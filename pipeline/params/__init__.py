@@ -19,7 +19,7 @@ from pipeline.params.search import (TUNABLE, UNTUNABLE_RUNS, SpaceParam, TunePar
 from pipeline.params.sections import (ClassifierParams, DataParams, DistillParams, EvalParams, GANParams,
                                           ImageDataParams, ImageTaskParams, LifelongGANParams, MlflowParams,
                                           ModelParams, PiggybackGANParams, RayParams, ScenarioParams,
-                                          ScenariosParams, TrainParams, _Section)
+                                          ScenariosParams, StorageParams, TrainParams, _Section)
 
 SCENARIOS = ("label", "image")
 TASKS_KEY = {"label": "data.tasks", "image": "image_data.tasks"}
@@ -63,6 +63,7 @@ class Params(_Section):
     distill: DistillParams = DistillParams()
     eval: EvalParams = EvalParams()
     classifier: ClassifierParams = ClassifierParams()
+    storage: StorageParams = StorageParams()
     ray: RayParams = RayParams()
     mlflow: MlflowParams = MlflowParams()
     tune: TuneParams = TuneParams()
@@ -117,6 +118,8 @@ def _format(err: ValidationError, source: str) -> str:
             if path.endswith(".task_chain"):
                 msg = ("no longer kept in params.yaml: the project derives each scenario's task chain from "
                        f"{TASKS_KEY.get(path.split('.')[1], 'data.tasks')}; delete this key")
+            elif path == "train.storage_path":
+                msg = "moved: the storage root of shards and checkpoints is `storage.uri` (a path or s3://); rename the key"
             else:
                 msg = "unknown key (typo?); see params.yaml in the repository for the allowed keys"
         lines.append(f"  {path}: {msg}")
@@ -158,7 +161,7 @@ def repo_root() -> Path:
 __all__ = [
     "CATALOG", "ClassifierParams", "DataParams", "DistillParams", "EvalParams", "GANParams", "ImageDataParams",
     "ImageTaskParams", "LifelongGANParams", "MlflowParams", "ModelParams", "Params", "ParamsError",
-    "PiggybackGANParams", "RayParams", "SCENARIOS", "SCENARIO_FAMILIES", "ScenarioParams", "ScenariosParams",
+    "PiggybackGANParams", "RayParams", "SCENARIOS", "StorageParams", "SCENARIO_FAMILIES", "ScenarioParams", "ScenariosParams",
     "SpaceParam", "TASKS_KEY", "TUNABLE", "TrainParams", "TuneParams", "UNTUNABLE_RUNS", "load_params",
     "parse_params", "read_raw", "repo_root", "run_errors", "split_run", "tunable_for", "tune_run",
     "tune_space_errors", "with_values",

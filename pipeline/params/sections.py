@@ -114,6 +114,7 @@ class LifelongGANParams(_Section):
 
 class PiggybackGANParams(_Section):
     filter_ratio: float = Field(0.25, gt=0, le=1)  # lambda: share of each layer's filters that are new per task
+    warm_start: bool = True  # task t starts at task t-1's weights (U_t, M_t chosen to reproduce them); false: from scratch
 
 
 class ModelParams(_Section):
@@ -137,13 +138,15 @@ class TrainParams(_Section):
     grad_clip: float = Field(1.0, gt=0)  # the paper clips at 1.0
     num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP when >= 2)
     cpus_per_worker: int = Field(1, ge=1)  # CPUs per Ray Train worker actor; Ray sets its torch threads to this
+    # How Ray places the workers (ScalingConfig.placement_strategy): PACK fills a node first, SPREAD and
+    # STRICT_SPREAD (one worker per node, or the job waits) put them on different nodes.
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     use_gpu: bool = False  # CUDA + NCCL + bf16 autocast
     local_mode: Literal["auto", "always", "never"] = "auto"  # auto: Ray Train local mode for 1 CPU worker
     checkpoint_every_steps: int = Field(100, gt=0)
     log_every_steps: int = Field(50, gt=0)
     max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: worker-group restarts before giving up
     loader_workers: int = Field(0, ge=0)  # DataLoader processes per Ray worker
-    storage_path: str | None = None  # absolute path or URI for checkpoints; None: <repo>/runs
     use_tuned: bool = False  # tune.method's label run applies results/tune/applied/<run>.json (the `tuned` stage's pick)
 
     @model_validator(mode="after")
@@ -151,14 +154,6 @@ class TrainParams(_Section):
         if self.batch_size < self.num_workers:
             raise ValueError(f"batch_size: ({self.batch_size}) must be >= num_workers ({self.num_workers})")
         return self
-
-    @field_validator("storage_path")
-    @classmethod
-    def _absolute(cls, v: str | None) -> str | None:
-        # Ray hands storage_path to pyarrow, which rejects relative paths; workers also chdir.
-        if v is not None and "://" not in v and not os.path.isabs(v):
-            raise ValueError(f"must be an absolute path or a URI (got {v!r}); Ray workers change directory")
-        return v
 
 
 class DistillParams(_Section):
@@ -178,6 +173,26 @@ class ClassifierParams(_Section):
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
+
+
+class StorageParams(_Section):
+    # Where every node reads shards and writes checkpoints (lifelong/storage.py): None keeps both in the
+    # repository (data/shards, runs/); an absolute path (a shared mount) or s3://bucket/prefix (endpoint
+    # and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) is what a cluster needs.
+    uri: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _absolute_or_s3(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "://" in v and not v.startswith("s3://"):
+            raise ValueError(f"must be an absolute path or s3://bucket/prefix (got {v!r})")
+        if v.startswith("s3://") and len(v) <= len("s3://"):
+            raise ValueError("s3:// needs a bucket: s3://bucket/prefix")
+        if "://" not in v and not os.path.isabs(v):
+            raise ValueError(f"must be an absolute path or s3://bucket/prefix (got {v!r}); Ray workers change directory")
+        return v.rstrip("/")
 
 
 class RayParams(_Section):

@@ -93,6 +93,22 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone, tmp_path):
     assert (repo / "results/report.md").exists()
     assert any(p.suffix == ".png" for p in (repo / "results/plots").iterdir())
 
+    # The evaluation as one Ray task (what train.use_gpu runs on a GPU node; asking for no GPU here):
+    # it fetches the versions itself and gives the stage's own matrix.
+    code = ("import json; from lifelong.data import read_all, task_shard_paths; "
+            "from pipeline.evaluate import on_gpu_worker; from pipeline.layout import layout; "
+            "from pipeline.params import load_params; lay, params = layout(), load_params(); "
+            "rs = [json.loads(lay.receipt('label', 'diffusion-finetune', k).read_text()) for k in (1, 2)]; "
+            "real = {j: read_all(task_shard_paths(lay.scenario_shards('label'), j, 'test')) for j in (1, 2)}; "
+            "job = dict(params=params, scenario='label', run='diffusion-finetune', receipts=rs, real=real, "
+            "classifier=lay.classifier.read_bytes(), tracking_uri='sqlite:///' + str(lay.root / 'mlflow.db')); "
+            "print(json.dumps(on_gpu_worker(params, job, num_gpus=0)[0]))")
+    remote = json.loads(run([sys.executable, "-c", code], repo).stdout.strip().splitlines()[-1])
+    local = metrics["label"]["diffusion-finetune"]["matrix"]
+    for key in ("fid", "kid", "acc"):
+        for got, want in zip(sum(remote[key], []), sum(local[key], [])):
+            assert got == want or got == pytest.approx(want, rel=1e-3, abs=1e-6), (key, remote[key], local[key])
+
     # Nothing changed: nothing runs, no new model versions.
     versions = len(client.search_model_versions("name='it-label-diffusion-finetune'"))
     again = run([str(BIN / "dvc"), "repro"], repo)

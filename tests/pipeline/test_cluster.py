@@ -98,20 +98,20 @@ def test_mount_of_is_the_longest_prefix():
 
 def test_one_node_needs_nothing_shared():
     assert multi_node_problem(nodes=1, tracking_uri="sqlite:////repo/mlflow.db",
-                              paths={"train.storage_path": Path("/home/u/runs")}, mounts=MOUNTS) is None
+                              paths={"storage.uri": Path("/home/u/runs")}, mounts=MOUNTS) is None
 
 
 def test_several_nodes_need_a_tracking_server_and_shared_folders():
-    shared = {"train.storage_path": Path("/mnt/shared/repo/runs"), "the checkout's data/": Path("/mnt/shared/repo/data")}
+    shared = {"storage.uri": Path("/mnt/shared/lifelong")}
     assert multi_node_problem(nodes=2, tracking_uri="http://10.0.0.1:5000", paths=shared, mounts=MOUNTS) is None
     for uri in ("sqlite:////mnt/shared/repo/mlflow.db", "/mnt/shared/mlruns", "file:///mnt/shared/mlruns"):
         msg = multi_node_problem(nodes=3, tracking_uri=uri, paths=shared, mounts=MOUNTS)
         assert msg and "3 nodes" in msg and "mlflow.tracking_uri" in msg and "lifelong stack up" in msg, msg
     msg = multi_node_problem(nodes=2, tracking_uri="http://10.0.0.1:5000", mounts=MOUNTS,
-                             paths={**shared, "train.storage_path": Path("/home/u/runs")})
-    assert msg and "/home/u/runs (train.storage_path)" in msg and "ext4 at /home/u" in msg, msg
+                             paths={"storage.uri": Path("/home/u/runs")})
+    assert msg and "/home/u/runs (storage.uri)" in msg and "ext4 at /home/u" in msg and "s3://" in msg, msg
     assert multi_node_problem(nodes=2, tracking_uri="http://h:5000", mounts=MOUNTS,
-                              paths={"train.storage_path": "s3://bucket/runs"}) is None
+                              paths={"storage.uri": "s3://bucket/lifelong"}) is None
 
 
 def test_a_real_ray_job_runs_the_shipped_code_not_the_installed_one(tmp_path):

@@ -66,7 +66,9 @@ def _error(raw) -> str:
         (lambda r: r["train"].update(steps_per_task=0), "train.steps_per_task", "greater than 0"),
         (lambda r: r["train"].update(stepz_per_task=10), "train.stepz_per_task", "unknown key"),
         (lambda r: r.update(trian={}), "trian", "unknown key"),
-        (lambda r: r["train"].update(storage_path="runs"), "train.storage_path", "absolute"),
+        (lambda r: r.update(storage={"uri": "runs"}), "storage.uri", "absolute"),
+        (lambda r: r.update(storage={"uri": "gs://b/p"}), "storage.uri", "s3://bucket/prefix"),
+        (lambda r: r["train"].update(storage_path="/mnt/x"), "train.storage_path", "`storage.uri`"),
         (lambda r: r["eval"].update(feature_extractor="vgg"), "eval.feature_extractor", "lifelong-cnn"),
         # task chains are derived now: a leftover one says so
         (lambda r: r["scenarios"]["label"].update(task_chain=[{"task": 1, "prev": 0}]), "scenarios.label.task_chain",

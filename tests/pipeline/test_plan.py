@@ -55,7 +55,8 @@ def test_result_values_ignore_operational_keys(raw):
     before = result_values(parse_params(raw), "gan-lifelong_gan")
     edited = copy.deepcopy(raw)
     edited["train"].update(log_every_steps=3, checkpoint_every_steps=7, max_failures=5, loader_workers=2,
-                           cpus_per_worker=2, storage_path="/mnt/x")
+                           cpus_per_worker=2)
+    edited["storage"] = {"uri": "s3://bucket/lifelong"}
     edited["piggyback_gan"]["filter_ratio"] = 0.5
     edited["distill"]["weight"] = 9.0
     assert result_values(parse_params(edited), "gan-lifelong_gan") == before
@@ -66,7 +67,7 @@ def test_result_values_ignore_operational_keys(raw):
 def test_budget_passes_the_method_knobs_under_their_params_names(raw):
     p = parse_params(raw)
     assert budget(p, "gan-lifelong_gan")["options"] == {"beta": 1.0, "auxiliary": "both"}
-    assert budget(p, "gan-piggyback_gan")["options"] == {"filter_ratio": 0.25}
+    assert budget(p, "gan-piggyback_gan")["options"] == {"filter_ratio": 0.25, "warm_start": True}
     assert budget(p, "diffusion-generative_replay")["options"] == {"weight": 1.0, "replay_ddim_steps": 2}
     assert budget(p, "gan-finetune")["options"] == {}
     assert budget(p, "gan-finetune")["steps"] == p.gan.steps_per_task

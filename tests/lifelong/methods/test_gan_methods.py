@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+from lifelong.methods import make_method
 from lifelong.methods.base import TaskInfo
 from lifelong.methods.gan import (
     GANFineTune,
@@ -13,6 +14,7 @@ from lifelong.methods.gan import (
     kl_to_standard_normal,
 )
 from lifelong.methods.lifelong_gan import LifelongGAN
+from lifelong.models import piggyback
 from lifelong.models.gan import GANConfig, build_gan
 
 TASK1 = TaskInfo(index=1, classes=[0, 1], seen_classes=[0, 1], previous_classes=[])
@@ -173,3 +175,22 @@ def test_label_distillation_uses_previous_classes_only(monkeypatch):
     assert set(seen[0].tolist()) <= {2, 3}
     assert all(set(y.tolist()) <= set(TASK2.previous_classes) for y in seen[1:]) and len(seen) == 3
     assert torch.equal(seen[1], seen[2])
+
+
+# --- Piggyback GAN ---------------------------------------------------------------------------
+@pytest.mark.parametrize("condition", CONDITIONS)
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_piggyback_task2_starts_from_task1_generator_when_warm(condition, warm_start):
+    nets = _nets(condition)
+    method = make_method("piggyback_gan", _cfg(condition), filter_ratio=0.25, warm_start=warm_start)
+    nets = method.prepare(nets, TASK1)
+    g = torch.Generator().manual_seed(0)
+    cond = {"y": torch.tensor([0, 1, 0, 1])} if condition == "label" else {"a": _batch()["a"]}
+    z = torch.randn(4, 4, generator=g)
+    task1 = nets.sample(z=z, **cond)
+    nets = method.prepare(nets, TASK2)
+    assert piggyback.active_task(nets["G"]) == 2 and nets.cfg.piggyback_tasks == 2
+    task2 = nets.sample(z=z, **cond)
+    assert torch.allclose(task2, task1, atol=1e-6) == warm_start  # cold: random new filters
+    piggyback.set_task(nets["G"], 1)
+    assert torch.equal(nets.sample(z=z, **cond), task1)

@@ -205,3 +205,102 @@ def test_every_generator_of_the_project_keeps_its_old_task(which):
         set_task(model, 1)
         assert torch.equal(model(*inputs), task1)
     assert task_parameter_count(model, 2) < task_parameter_count(model, 1)
+
+
+def _convs(model: nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, (PiggybackConv2d, PiggybackConvTranspose2d))]
+
+
+def _project_generator(which: str):
+    """(generator, its inputs) of the two GAN generators the project trains, tiny."""
+    from lifelong.models.gan import GANConfig, build_gan
+
+    cond = "label" if which == "label_gan" else "image"
+    model = build_gan(GANConfig(condition=cond, image_size_px=8, num_classes=4, z_dim=4, width=8))["G"]
+    z = torch.randn(3, 4)
+    inputs = (z, torch.tensor([0, 1, 3])) if cond == "label" else (torch.rand(3, 1, 8, 8) * 2 - 1, z)
+    return model, inputs
+
+
+def _fit(model: nn.Module, inputs, target: torch.Tensor, steps: int = 3) -> None:
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        loss = (model(*inputs) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("ratio", [0.25, 1.0])
+@pytest.mark.parametrize("which", ["label_gan", "image_gan"])
+def test_warm_start_begins_each_task_at_the_previous_tasks_weights(which, ratio):
+    """After add_task, every piggyback layer's W_t equals W_{t-1} (and b_t = b_{t-1}, per-task layers
+    are copies), so the new task computes the previous task's function; then only task t's U_t, M_t,
+    b_t and copies get gradients, and tasks 1..t-1 stay bit-identical after it trains.
+
+    The parametrisation allows exactness (see piggyback.py's docstring): U_t must be W_{t-1}'s first
+    m filters and the other n - m are in the bank's span. t = 2 is bit-exact (one-hot M_2); t >= 3
+    keeps M_{t-1} with zero rows for U_{t-1}, equal up to the matmul's float summation order, hence
+    allclose. Checked for t = 2 and t = 3, after the previous task trained (not at its init).
+    """
+    torch.manual_seed(0)
+    model, inputs = _project_generator(which)
+    piggyback_(model, ratio)
+    target = torch.rand(3, 1, 8, 8) * 2 - 1
+    _fit(model, inputs, target)  # task 1 trained
+    with torch.no_grad():
+        outputs = {1: model(*inputs)}
+    for t in (2, 3):
+        add_task(model, warm_start=True)
+        for layer in _convs(model):
+            if t == 2:
+                assert torch.equal(layer.weight_for(2), layer.weight_for(1))
+            else:
+                assert torch.allclose(layer.weight_for(t), layer.weight_for(t - 1), rtol=1e-5, atol=1e-7)
+            if len(layer.biases):
+                assert torch.equal(layer.bias_for(t), layer.bias_for(t - 1))
+            # copies, not views of the frozen task's tensors
+            assert layer.free[t - 1].data_ptr() != layer.free[t - 2].data_ptr()
+        for layer in (m for m in model.modules() if isinstance(m, TaskSpecific)):
+            for new, old in zip(layer.task_parameters(t), layer.task_parameters(t - 1)):
+                assert torch.equal(new, old) and new.data_ptr() != old.data_ptr()
+        with torch.no_grad():
+            assert torch.allclose(model(*inputs), outputs[t - 1], rtol=1e-5, atol=1e-6)
+
+        # the new task trains: its parameters, and only they, get gradients
+        model.zero_grad(set_to_none=True)  # task t-1's training left its own
+        model(*inputs).sub(target).square().mean().backward()
+        own = {id(p) for p in task_parameters(model, t)}
+        for p in model.parameters():
+            assert p.requires_grad == (id(p) in own)
+            assert (p.grad is not None) == (id(p) in own)
+        for layer in _convs(model):
+            assert layer.free[t - 1].grad.abs().sum() > 0
+            if layer.n > layer.m:  # ratio 1.0: M_t is empty
+                assert layer.mix[t - 2].grad.abs().sum() > 0
+        model.zero_grad(set_to_none=True)
+        _fit(model, inputs, target)
+        with torch.no_grad():
+            outputs[t] = model(*inputs)
+            assert not torch.equal(outputs[t], outputs[t - 1])  # and it moved away from task t-1
+
+    with torch.no_grad():  # old tasks are bit-identical after warm-started tasks trained
+        for t, out in outputs.items():
+            set_task(model, t)
+            assert torch.equal(model(*inputs), out)
+
+
+def test_cold_start_draws_fresh_filters_in_the_old_order():
+    # warm_start=False is the behaviour from before the warm start, draw for draw: a fresh layer's
+    # kaiming weight (first m filters), then M_t ~ N(0, 1/|F_t|), then the bias
+    layer = PiggybackConv2d(nn.Conv2d(8, 4, 3), 0.25)
+    torch.manual_seed(1)
+    layer.add_task(warm_start=False)
+    torch.manual_seed(1)
+    weight = torch.empty(4, 8, 3, 3)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    mix = torch.randn(4, 3) / math.sqrt(4)
+    bias = torch.empty(4).uniform_(-1 / math.sqrt(8 * 9), 1 / math.sqrt(8 * 9))
+    assert torch.equal(layer.free[1], weight[:1]) and torch.equal(layer.mix[0], mix)
+    assert torch.equal(layer.biases[1], bias)
+    assert not torch.allclose(layer.weight_for(2), layer.weight_for(1))
