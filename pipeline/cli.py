@@ -216,6 +216,10 @@ def ui(port: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cluster-test"]:  # its own parser: everything after `--` is the command to run
+        from pipeline import clustertest
+
+        return clustertest.main(argv[1:])
     ap = argparse.ArgumentParser(prog="lifelong", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_repro = sub.add_parser("repro", help="dvc repro, run chains side by side (extra args go to dvc repro)")
@@ -228,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="validate params.yaml")
     sub.add_parser("plan", help=f"write {PLAN_FILE}, the train stages of params.yaml's tasks and runs")
     stack.add_parser(sub)
+    sub.add_parser("cluster-test", add_help=False,
+                   help="a Ray head + worker node(s) on this machine, in namespaces of their own, to run a "
+                        "command against (`lifelong cluster-test -- lifelong repro`; see pipeline/clustertest.py)")
     args, rest = ap.parse_known_args(argv)
     try:
         if args.cmd == "repro":

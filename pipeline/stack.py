@@ -9,7 +9,8 @@
 
 Everything lives in the stack directory (<repo>/.stack; `--dir` or $LIFELONG_STACK_DIR to move it):
 stack.json (0600: ports, generated credentials, pids), logs/<component>.log, the data directories, and
-mlflow.env (0600: MLFLOW_TRACKING_URI/USERNAME/PASSWORD, for `set -a; . .stack/mlflow.env; set +a`).
+mlflow.env (0600: MLFLOW_TRACKING_URI/USERNAME/PASSWORD, for `set -a; . .stack/mlflow.env; set +a`), and
+s3.env (0600: AWS_ENDPOINT_URL and keys of the object store, for `storage.uri: s3://<bucket>/<prefix>`).
 Credentials and ports are chosen on the first `up` and kept; nothing here prints a secret.
 
 The sqlite default (no server, `<repo>/mlflow.db`) stays the zero-setup path; this is for several people
@@ -252,6 +253,14 @@ def env_file(cfg: dict) -> str:
     return (f"MLFLOW_TRACKING_URI={tracking_uri(cfg)}\n"
             f"MLFLOW_TRACKING_USERNAME={m['username']}\n"
             f"MLFLOW_TRACKING_PASSWORD={m['password']}\n")
+
+
+def s3_env_file(cfg: dict) -> str:
+    """.stack/s3.env: the object store as the pipeline's storage root (`storage.uri: s3://<bucket>/<prefix>`)
+    reads it, from the standard AWS variables."""
+    s3 = cfg["s3"]
+    endpoint = f"AWS_ENDPOINT_URL={s3['endpoint_url']}\n" if s3.get("endpoint_url") else ""
+    return f"{endpoint}AWS_ACCESS_KEY_ID={s3['access_key']}\nAWS_SECRET_ACCESS_KEY={s3['secret_key']}\n"
 
 
 def _same_server(a: str, b: str) -> bool:
@@ -758,6 +767,8 @@ def up(sdir: Path, *, postgres_uri: str | None = None, s3_endpoint_url: str | No
             _write_private(sdir / "mlflow.env", env_file(cfg))
         else:
             _check_options(cfg, postgres_uri, s3_endpoint_url, bucket)
+        if not (sdir / "s3.env").exists():  # also for a stack made before the file existed
+            _write_private(sdir / "s3.env", s3_env_file(cfg))
         if workers:  # applies when mlflow (re)starts
             cfg["mlflow"]["workers"] = workers
             save_config(sdir, cfg)
@@ -782,7 +793,9 @@ def up(sdir: Path, *, postgres_uri: str | None = None, s3_endpoint_url: str | No
     _print_status(sdir, cfg, parts)
     uri = tracking_uri(cfg)
     print(f"\nUse it:  set -a; . {_shown(sdir / 'mlflow.env')}; set +a    # MLFLOW_TRACKING_URI={uri} and its user\n"
-          f"   or:   mlflow.tracking_uri: {uri}  in params.yaml (the pipeline finds the user in {_shown(sdir / 'stack.json')})")
+          f"   or:   mlflow.tracking_uri: {uri}  in params.yaml (the pipeline finds the user in {_shown(sdir / 'stack.json')})\n"
+          f"Storage root for a cluster:  set -a; . {_shown(sdir / 's3.env')}; set +a   and  storage.uri: "
+          f"s3://{cfg['s3']['bucket']}/lifelong  in params.yaml")
     return 0
 
 

@@ -138,9 +138,27 @@ def train_loop(config: dict) -> None:
             fetch_model_version(**fetch)
         dist.barrier()
         config["init_state"] = str(fetch_model_version(**fetch))  # in the cache now: no download
+    _record_placement(config, live)
     logger = LiveLogger(**live) if live and dist.get_rank() == 0 else None
     try:
         train_loop_per_worker(config, on_log=logger)
     finally:
         if logger is not None:
             logger.close()
+
+
+def _record_placement(config: dict, live: dict | None) -> None:
+    """Which Ray node each rank runs on: a line in the stage's log per start of the worker (a restarted
+    group prints again) and the tag `ray.node.rank<r>` on the task's run (the latest start's node)."""
+    import ray
+
+    from lifelong import distributed as dist
+
+    if not ray.is_initialized():  # Ray Train's local mode: this process, no cluster
+        return
+    rank, node = dist.get_rank(), ray.get_runtime_context().get_node_id()
+    print(f"[train] task {config['task_index']}: rank {rank} of {dist.get_world_size()} on node {node}", flush=True)
+    if live:
+        from mlflow import MlflowClient
+
+        MlflowClient(live["tracking_uri"]).set_tag(live["run_id"], f"ray.node.rank{rank}", node)

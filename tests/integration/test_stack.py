@@ -100,7 +100,7 @@ def test_stack_up_write_down_up(root, monkeypatch):
     assert f"MLFLOW_TRACKING_URI={uri}" in res.stdout
     for secret in (cfg["postgres"]["password"], cfg["s3"]["secret_key"], cfg["mlflow"]["password"]):
         assert secret not in res.stdout + res.stderr, "a secret was printed"
-    for name in ("stack.json", "mlflow.env", "s3.json", "mlflow_auth.ini", "seaweedfs.options"):
+    for name in ("stack.json", "mlflow.env", "s3.env", "s3.json", "mlflow_auth.ini", "seaweedfs.options"):
         assert stat.S_IMODE((sdir / name).stat().st_mode) == 0o600, name
     assert stat.S_IMODE(sdir.stat().st_mode) in (0o700, 0o711)  # 0711 as root: the postgres user passes through
     env = dict(line.split("=", 1) for line in (sdir / "mlflow.env").read_text().splitlines())

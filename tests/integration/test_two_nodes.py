@@ -1,0 +1,83 @@
+"""The pipeline on two Ray nodes: `lifelong cluster-test` makes a head and a worker node on 127.0.0.1 in a
+network namespace of their own; the worker node runs in its own mount namespace where the clone's data,
+runs, MLflow stores, stack state and the head's shard cache are hidden (tmpfs), so it has only what a
+cluster shares: the team stack's MLflow server and S3 store (storage.uri), and the code the driver ships.
+Two chains of two tasks (generative distillation and Piggyback GAN), 2 DDP workers each, one per node
+(STRICT_SPREAD); the worker node's raylet is killed in task 2 of the first chain and a replacement
+node added; Ray Train resumes from the last checkpoint on S3. Every task is registered exactly once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import BIN, REPO, make_clone, stage_env, tiny_params
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+
+
+def test_two_chains_on_two_nodes_survive_a_node_kill():
+    # Not pytest's tmp_path: the stack's PostgreSQL runs as `postgres`, which cannot enter /tmp/pytest-of-root.
+    root = Path(tempfile.mkdtemp(prefix="lifelong-2n-"))
+    root.chmod(0o755)
+    try:
+        params = tiny_params(train={"num_workers": 2, "placement": "STRICT_SPREAD", "max_failures": 3,
+                                    "steps_per_task": 24, "checkpoint_every_steps": 4, "log_every_steps": 4})
+        params["scenarios"] = {"label": {"runs": ["diffusion-generative_distillation", "gan-piggyback_gan"]},
+                               "image": {"runs": []}}
+        params["gan"].update(steps_per_task=24)
+        params["storage"] = {"uri": "s3://mlflow/two-nodes"}  # the stack's bucket, its own prefix
+        repo = make_clone(root / "repo", params)
+        out, report = root / "out.json", root / "report.json"
+        t0 = time.monotonic()
+        res = subprocess.run(
+            [str(BIN / "lifelong"), "cluster-test", "--hide-repo", str(repo), "--hide", "/tmp/lifelong-cache",
+             "--report", str(report), "--", sys.executable, str(REPO / "tests/integration/two_nodes_inner.py"),
+             str(repo), str(out)],
+            cwd=repo, env=stage_env(), capture_output=True, text=True, timeout=1100)
+        wall = time.monotonic() - t0
+        tail = f"\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-6000:]}"
+        assert out.exists(), f"the command wrote no result (exit {res.returncode}){tail}"
+        got = json.loads(out.read_text())
+        assert res.returncode == 0 and got["exit_code"] == 0, got.get("log_tail", "") + tail
+        rep = json.loads(report.read_text())
+
+        # Placement: every task's 2 ranks on 2 different nodes; the first attempt on head + w1.
+        names = {n["node_id"]: n["name"] for n in got["nodes_at_end"]}
+        by_task: dict[int, list] = {}
+        for p in got["placements"]:
+            by_task.setdefault(p["task"], []).append(names.get(p["node"], p["node"]))
+        assert set(by_task) == {1, 2}, got["placements"]
+        starts = [sorted(by_task[t][i:i + 2]) for t in by_task for i in range(0, len(by_task[t]), 2)]
+        assert all(len(set(s)) == 2 for s in starts), starts
+        assert ["head", "w1"] in starts and ["head", "w2"] in starts, starts
+
+        # The fault: w1's raylet killed after task 2 checkpointed to S3; a resume from that step.
+        fault = got["fault"]
+        assert fault and fault["killed"]["name"] == "w1" and fault["added"]["name"] == "w2", fault
+        assert got["resumed_steps"] and all(s > 0 for s in got["resumed_steps"]), got["log_tail"]
+
+        # Exactly one version per task per chain, aliased, the curve from step 4 to the last step.
+        models = got["registry"]
+        assert set(models) == {"it-label-diffusion-generative_distillation", "it-label-gan-piggyback_gan"}, models
+        for name, versions in models.items():
+            assert [v["version"] for v in versions] == ["1", "2"], versions
+            assert [v["aliases"] for v in versions] == [["task-1"], ["task-2"]], versions
+            for v in versions:
+                assert set(v["nodes"]) == {"ray.node.rank0", "ray.node.rank1"}, v
+                assert v["loss_steps"][0] == 4 and v["loss_steps"][-1] == 24, v
+        # Shards went to S3 by content; nothing of the harness is left.
+        assert got["shards"] and all(k.endswith(".tar") for k in got["shards"])
+        assert rep["leftover_processes"] == [] and rep["leaked_mounts"] == [], rep
+        print(f"two nodes: {wall:.0f} s wall (stack up {got['timings']['stack_up_s']} s, repro {got['repro_s']} s); "
+              f"placements {starts}; resumed at {got['resumed_steps']}; fault {fault['kill_s']} s into repro, "
+              f"replacement up in {fault['add_s']} s", file=sys.stderr)
+    finally:  # the stack ran inside the harness's PID namespace: it ended with it
+        shutil.rmtree(root, ignore_errors=True)
