@@ -86,7 +86,7 @@ def main() -> int:
                     *me, "--inner", str(work), "STRICT_SPREAD", str(work / "two.json")], check=True, env=env, cwd=REPO)
     one, two = (json.loads((work / f).read_text()) for f in ("one.json", "two.json"))
     assert (one["nodes"], two["nodes"]) == (1, 2), (one, two)
-    print(f"\n| setup | nodes | placement | step | fit (incl. start-up) |\n|---|---|---|---|---|")
+    print("\n| setup | nodes | placement | step | fit (incl. start-up) |\n|---|---|---|---|---|")
     for r in (one, two):
         print(f"| 2 workers | {r['nodes']} | {r['placement']} | {r['step_s'] * 1000:.1f} ms | {r['fit_s']:.1f} s |")
     print(f"\n2 nodes / 1 node, steady-state step time: {two['step_s'] / one['step_s']:.3f}x "

@@ -252,10 +252,10 @@ def train_loop_per_worker(config: dict, on_log: Callable[[dict], None] | None = 
         learner.load_state_dict(state)
         start_step = int(state["step"])
         dist.print0(f"[train] task {cfg.task_index}: resuming from step-{start_step:07d} (step {start_step})")
-        if rank == 0 and on_log is not None:  # the earlier attempts' curve, up to the resumed step
-            for row in store.curve:
-                if int(row["step"]) <= start_step:
-                    on_log(row)
+        if rank == 0 and on_log is not None:  # the earlier attempts' curve up to the resumed step (the
+            rows = {int(r["step"]): r for r in store.curve}  # latest attempt's row where two logged a step)
+            for s in sorted(s for s in rows if s <= start_step):
+                on_log(rows[s])
 
     # [1] data: local, verified shard files (fetched from the storage root on a cluster); the stream
     # is re-seeded by the resume step, so a resumed run sees fresh batches.

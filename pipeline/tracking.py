@@ -157,7 +157,8 @@ def _record_placement(config: dict, live: dict | None) -> None:
     if not ray.is_initialized():  # Ray Train's local mode: this process, no cluster
         return
     rank, node = dist.get_rank(), ray.get_runtime_context().get_node_id()
-    print(f"[train] task {config['task_index']}: rank {rank} of {dist.get_world_size()} on node {node}", flush=True)
+    print(f"[train] {config.get('family')}-{config.get('method')} task {config['task_index']}: rank {rank} of "
+          f"{dist.get_world_size()} on node {node}", flush=True)
     if live:
         from mlflow import MlflowClient
 

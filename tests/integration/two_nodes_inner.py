@@ -6,8 +6,8 @@ stores or the head's shard cache):
 
 1. `lifelong stack up` in REPO: PostgreSQL, SeaweedFS (S3) and the MLflow server, inside the namespace.
 2. `lifelong repro -j 1` with the stack's MLflow, storage.uri on its S3 and the harness's RAY_ADDRESS.
-3. The fault: once task 2 of the generative-distillation chain has a Ray Train checkpoint in S3, the
-   worker node's raylet is killed and a replacement node is added.
+3. The fault: once task 2 of the generative-distillation chain has a registered Ray Train checkpoint in
+   S3, the worker node's raylet is killed and a replacement node is added.
 4. What happened (registry versions, placements, resumes, timings) goes to OUT.json; the stack stops.
 """
 
@@ -66,8 +66,10 @@ def run_pipeline(repo: Path, env: dict, s3: dict, bin_: Path) -> dict:
             if fault is None:
                 listed = client.list_objects_v2(Bucket=s3["bucket"], Prefix="two-nodes/runs/")
                 keys = [o["Key"] for o in listed.get("Contents", [])]
-                found = [k for k in keys if f"-{FAULT_RUN}-task2-" in k and "/checkpoint_" in k]
-                if found:
+                found = sorted({k.split("/checkpoint_")[1].split("/")[0] for k in keys
+                                if f"-{FAULT_RUN}-task2-" in k and "/checkpoint_" in k})
+                # A second checkpoint is being written: the first is registered (reports are synchronous).
+                if len(found) >= 2:
                     t_kill = time.monotonic()
                     killed = clustertest.kill_node("w1")
                     added = clustertest.add_node()
@@ -75,11 +77,15 @@ def run_pipeline(repo: Path, env: dict, s3: dict, bin_: Path) -> dict:
                              "kill_s": round(t_kill - t0, 1), "add_s": round(time.monotonic() - t_kill, 1)}
             time.sleep(0.5)
     text = log.read_text()
-    placements = [{"task": int(m[1]), "rank": int(m[2]), "node": m[3]}
-                  for m in re.finditer(r"\[train\] task (\d+): rank (\d+) of \d+ on node ([0-9a-f]+)", text)]
-    resumed = [int(m[1]) for m in re.finditer(r"resuming from step-(\d+)", text)]
+    # One line per start of a rank (Ray may print a worker's line twice: one entry per worker pid).
+    placements = {int(m[1]): {"pid": int(m[1]), "run": m[2], "task": int(m[3]), "rank": int(m[4]), "node": m[5]}
+                  for m in re.finditer(r"pid=(\d+)\W.*?\[train\] (\S+) task (\d+): rank (\d+) of \d+ on node "
+                                       r"([0-9a-f]+)", text)}
+    resumed = sorted({int(m[1]): int(m[2])
+                      for m in re.finditer(r"pid=(\d+)\W.*?resuming from step-(\d+)", text)}.values())
     return {"exit_code": proc.returncode, "repro_s": round(time.monotonic() - t0, 1), "fault": fault,
-            "nodes_at_start": nodes, "nodes_at_end": clustertest.status()["nodes"], "placements": placements,
+            "nodes_at_start": nodes, "nodes_at_end": clustertest.status()["nodes"],
+            "placements": sorted(placements.values(), key=lambda p: p["pid"]),
             "resumed_steps": resumed, "log_tail": text[-6000:],
             "shards": sorted(o["Key"] for o in client.list_objects_v2(
                 Bucket=s3["bucket"], Prefix="two-nodes/shards/").get("Contents", []))}
@@ -97,7 +103,8 @@ def registry(env: dict) -> dict:
         for v in client.search_model_versions(f"name='{model.name}'"):
             run = client.get_run(v.run_id)
             curve = client.get_metric_history(v.run_id, "train/loss")
-            versions.append({"version": v.version, "aliases": list(v.aliases), "task": v.tags.get("task"),
+            aliases = client.get_model_version(model.name, v.version).aliases  # search leaves them out
+            versions.append({"version": v.version, "aliases": list(aliases), "task": v.tags.get("task"),
                              "nodes": {k: t for k, t in run.data.tags.items() if k.startswith("ray.node.rank")},
                              "loss_steps": sorted(m.step for m in curve)})
         out[model.name] = sorted(versions, key=lambda v: int(v["version"]))
