@@ -127,7 +127,9 @@ def test_gan_search_piggyback_filter_ratio_and_use_tuned(tmp_path):
     (repo / "tune").mkdir()
     shutil.copy(REPO / "tune" / "dvc.yaml", repo / "tune" / "dvc.yaml")
     dvc = str(BIN / "dvc")
-    run([dvc, "repro", "tune/dvc.yaml"], repo)
+    # The search and what it needs (check, prepare, classifier), forked warm from `lifelong repro`'s stage
+    # server (the plain `dvc repro tune/dvc.yaml` of a search is the test above)
+    run([str(BIN / "lifelong"), "repro", "tune/dvc.yaml"], repo)
 
     result = json.loads((repo / f"results/tune/{run_name}.json").read_text())
     trials = result["trials"]
