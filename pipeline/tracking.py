@@ -82,6 +82,7 @@ class LiveLogger:
         from mlflow import MlflowClient
 
         self.client, self.run_id = MlflowClient(tracking_uri), run_id
+        self.logged: set[int] | None = None
         self.monitor = None
         if system_metrics:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -94,6 +95,12 @@ class LiveLogger:
         from mlflow.entities import Metric
 
         now, step = int(time.time() * 1000), int(metrics["step"])
+        if self.logged is None:  # the steps this run has already (a restarted worker group replays them)
+            key = next((k for k in metrics if k not in NOT_A_CURVE), None)
+            history = self.client.get_metric_history(self.run_id, f"train/{key}") if key else []
+            self.logged = {m.step for m in history}
+        if step in self.logged:
+            return
         batch = [Metric(f"train/{k}", float(v), now, step) for k, v in metrics.items() if k not in NOT_A_CURVE]
         self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
 

@@ -66,14 +66,15 @@ def run_pipeline(repo: Path, env: dict, s3: dict, bin_: Path) -> dict:
             if fault is None:
                 listed = client.list_objects_v2(Bucket=s3["bucket"], Prefix="two-nodes/runs/")
                 keys = [o["Key"] for o in listed.get("Contents", [])]
-                found = sorted({k.split("/checkpoint_")[1].split("/")[0] for k in keys
-                                if f"-{FAULT_RUN}-task2-" in k and "/checkpoint_" in k})
-                # A second checkpoint is being written: the first is registered (reports are synchronous).
-                if len(found) >= 2:
+                # Ray Train's controller writes this snapshot when it has registered a checkpoint (an uploaded
+                # one it has not yet registered is not resumed from): the fault comes right after that.
+                found = [k for k in keys
+                         if f"-{FAULT_RUN}-task2-" in k and k.endswith("checkpoint_manager_snapshot.json")]
+                if found:
                     t_kill = time.monotonic()
                     killed = clustertest.kill_node("w1")
                     added = clustertest.add_node()
-                    fault = {"checkpoint": found[0], "killed": killed, "added": added,
+                    fault = {"checkpoints": found, "killed": killed, "added": added,
                              "kill_s": round(t_kill - t0, 1), "add_s": round(time.monotonic() - t_kill, 1)}
             time.sleep(0.5)
     text = log.read_text()
@@ -86,7 +87,9 @@ def run_pipeline(repo: Path, env: dict, s3: dict, bin_: Path) -> dict:
     return {"exit_code": proc.returncode, "repro_s": round(time.monotonic() - t0, 1), "fault": fault,
             "nodes_at_start": nodes, "nodes_at_end": clustertest.status()["nodes"],
             "placements": sorted(placements.values(), key=lambda p: p["pid"]),
-            "resumed_steps": resumed, "log_tail": text[-6000:],
+            "resumed_steps": resumed,
+            "log_tail": "\n".join(line for line in text.splitlines()
+                                  if re.search(r"\[train\]|Running stage|marked dead|Error", line))[-6000:],
             "shards": sorted(o["Key"] for o in client.list_objects_v2(
                 Bucket=s3["bucket"], Prefix="two-nodes/shards/").get("Contents", []))}
 
@@ -102,11 +105,11 @@ def registry(env: dict) -> dict:
         versions = []
         for v in client.search_model_versions(f"name='{model.name}'"):
             run = client.get_run(v.run_id)
-            curve = client.get_metric_history(v.run_id, "train/loss")
+            curve = client.get_metric_history(v.run_id, "train/loss" if "-diffusion-" in model.name else "train/loss_g")
             aliases = client.get_model_version(model.name, v.version).aliases  # search leaves them out
             versions.append({"version": v.version, "aliases": list(aliases), "task": v.tags.get("task"),
                              "nodes": {k: t for k, t in run.data.tags.items() if k.startswith("ray.node.rank")},
-                             "loss_steps": sorted(m.step for m in curve)})
+                             "loss_steps": [m.step for m in sorted(curve, key=lambda m: m.step)]})
         out[model.name] = sorted(versions, key=lambda v: int(v["version"]))
     return {"registry": out}
 
