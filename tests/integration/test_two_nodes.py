@@ -9,6 +9,7 @@ node added; Ray Train resumes from the last checkpoint on S3. Every task is regi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -86,7 +87,8 @@ def test_two_chains_on_two_nodes_survive_a_node_kill(tmp_path):
                 steps = 40 if name.endswith("diffusion-generative_distillation") else 24
                 assert v["loss_steps"] == list(range(4, steps + 1, 4)), v  # each step once, across the restart
         # Shards went to S3 by content; nothing of the harness is left.
-        assert got["shards"] and all(k.endswith(".tar") for k in got["shards"])
+        shards = [k for k in got["shards"] if not k.endswith("/")]  # not the folder's marker object
+        assert shards and all(re.fullmatch(r"two-nodes/shards/[0-9a-f]{64}\.tar", k) for k in shards), got["shards"]
         assert rep["leftover_processes"] == [] and rep["leaked_mounts"] == [], rep
         print(f"two nodes: {wall:.0f} s wall (stack up {got['timings']['stack_up_s']} s, repro {got['repro_s']} s); "
               f"placements {sorted(starts.items())}; resumed at {got['resumed_steps']}; "
