@@ -76,6 +76,24 @@ def make_clone(dest: Path, params: dict) -> Path:
 
 
 @pytest.fixture
+def s3_root(tmp_path):
+    """A SeaweedFS S3 endpoint with generated keys, as the team stack runs it, for `storage.uri`:
+    yields (the AWS_* variables a stage needs, a boto3 client, the bucket); stopped after the test."""
+    from pipeline import stack
+
+    cfg = stack.new_config(bucket="lifelong-it")
+    (tmp_path / "stack").mkdir()
+    server = stack.SeaweedFS(tmp_path / "stack", cfg)
+    server.start(timeout=90)
+    env = {"AWS_ENDPOINT_URL": cfg["s3"]["endpoint_url"], "AWS_ACCESS_KEY_ID": cfg["s3"]["access_key"],
+           "AWS_SECRET_ACCESS_KEY": cfg["s3"]["secret_key"]}
+    try:
+        yield env, stack._s3_client(cfg), cfg["s3"]["bucket"]
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def clone(tmp_path):
     def _make(params: dict) -> Path:
         return make_clone(tmp_path / "repo", params)

@@ -3,6 +3,7 @@ in a fresh git + DVC clone; then a train stage that picks the best config up (tr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -113,15 +114,18 @@ def test_use_tuned_without_a_search_fails_clearly(tmp_path):
     assert "dvc repro tune/dvc.yaml" in res.stdout + res.stderr
 
 
-def test_gan_search_piggyback_filter_ratio_and_use_tuned(tmp_path):
-    """A GAN run through the same search: piggyback_gan's filter ratio, its objective measured on every
-    seen task with that task's own filters, and the train stage of gan-piggyback_gan picking it up."""
+def test_gan_search_on_an_s3_root_piggyback_filter_ratio_and_use_tuned(tmp_path, s3_root):
+    """A GAN run through the same search, on an S3 storage root (a cluster's `storage.uri`): trials read
+    the shards and the classifier published there and keep their Train runs there. piggyback_gan's filter
+    ratio, its objective measured on every seen task with that task's own filters, and the train stage
+    of gan-piggyback_gan picking it up."""
+    env, s3, bucket = s3_root
     run_name = "gan-piggyback_gan"
     stage = f"train_label_gan@{run_name}-task1"
     tune = dict(TUNE, method=run_name, steps_per_task=6, eval_every_steps=3, grace_period_steps=3, num_samples=1,
                 scheduler="fifo",
                 space={run_name: {"piggyback_gan.filter_ratio": {"type": "grid", "values": [0.25, 0.5]}}})
-    params = tiny_params(tune=tune)
+    params = tiny_params(tune=tune, storage={"uri": f"s3://{bucket}/it"})
     params["scenarios"]["label"]["runs"] = [run_name]
     repo = make_clone(tmp_path / "repo", params)
     (repo / "tune").mkdir()
@@ -129,7 +133,7 @@ def test_gan_search_piggyback_filter_ratio_and_use_tuned(tmp_path):
     dvc = str(BIN / "dvc")
     # The search and what it needs (check, prepare, classifier), forked warm from `lifelong repro`'s stage
     # server (the plain `dvc repro tune/dvc.yaml` of a search is the test above)
-    run([str(BIN / "lifelong"), "repro", "tune/dvc.yaml"], repo)
+    run([str(BIN / "lifelong"), "repro", "tune/dvc.yaml"], repo, env=env)
 
     result = json.loads((repo / f"results/tune/{run_name}.json").read_text())
     trials = result["trials"]
@@ -137,6 +141,17 @@ def test_gan_search_piggyback_filter_ratio_and_use_tuned(tmp_path):
     assert sorted(t["config"]["piggyback_gan.filter_ratio"] for t in trials) == [0.25, 0.5]
     assert all(t["steps"] == 6 and t["objective"] > 0 for t in trials), trials
     best = result["best"]["config"]["piggyback_gan.filter_ratio"]
+
+    # What the trials read and wrote is on the root: the tasks' shards (by content) and the classifier,
+    # the search's own state; its trials' Train runs were removed once the search ended. Nothing local.
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="it/")
+            for o in page.get("Contents", [])]
+    label_shards = sorted((repo / "data/shards").glob("task-*/*.tar"))
+    assert {f"it/shards/{hashlib.sha256(p.read_bytes()).hexdigest()}.tar" for p in label_shards} <= set(keys)
+    assert f"it/models/{hashlib.sha256((repo / 'models/classifier.pt').read_bytes()).hexdigest()}.pt" in keys
+    assert any(k.startswith(f"it/runs/tune-{run_name}/search/") for k in keys), keys
+    assert not any(k.startswith(f"it/runs/tune-{run_name}/train/") for k in keys)
+    assert not list(repo.glob("runs/tune-*"))
 
     # Editing another method's space does not make this search stale.
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -146,7 +161,7 @@ def test_gan_search_piggyback_filter_ratio_and_use_tuned(tmp_path):
 
     params["train"]["use_tuned"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run([dvc, "repro", stage], repo)
+    run([dvc, "repro", stage], repo, env=env)
     applied = json.loads((repo / f"results/tune/applied/{run_name}.json").read_text())
     assert applied["run"] == run_name and applied["config"] == result["best"]["config"]
     receipt = json.loads((repo / f"results/receipts/label/{run_name}/task-1.json").read_text())
