@@ -6,10 +6,13 @@ generates task j:
   for GANs), against task j's real test images;
 - image scenario: G(A, z) for every test condition A of task j, against the real targets B, plus
   the mean L1 distance to B.
+Every cell (k, j) draws fresh noise (`lifelong.evaluation.eval_seed`), for every method alike.
 FID/KID use the same offline feature extractor everywhere; acc is the classifier's on the samples.
 Which weights generate task j after task k is the method's (lifelong.catalog `old_task_weights`): the
 task-k model, task j's own model (standalone), or the task-k model switched to task j's filters
 (piggyback_gan); `lifelong.evaluation.weights_for_task` picks them.
+The noise floor of each task: FID/KID between two disjoint halves of its real test images, each the
+size of the generated sample (`lifelong.evaluation.noise_floor`); forgetting within it is noise.
 Row k of every matrix is logged to task k's MLflow run; the forgetting summary is set as tags on the
 last task's model version.
 """
@@ -73,16 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     # cluster (the driver of a cluster is typically a head node without one).
     job = dict(params=params, scenario=scenario, run=run, receipts=receipts, real=real,
                classifier=lay.classifier.read_bytes(), tracking_uri=mlflow.get_tracking_uri())
-    if params.train.use_gpu:
-        matrix, rows, samples, counts = on_gpu_worker(params, job)
-    else:
-        matrix, rows, samples, counts = evaluate_run(**job)
+    ev = on_gpu_worker(params, job) if params.train.use_gpu else evaluate_run(**job)
+    matrix, rows, floor = ev["matrix"], ev["rows"], ev["noise_floor"]
     for k, (receipt, row) in enumerate(zip(receipts, rows), start=1):
         _log(client, receipt["run_id"], row, step=k)  # never reopens the run: its duration stays the task's
         print(f"[evaluate] {scenario}/{run} after task {k}: FID " +
               " ".join(f"{matrix['fid'][k - 1][j]:.1f}" for j in range(k)), flush=True)
 
-    summary = summarize(matrix)
+    summary = summarize(matrix, floor)
     last = receipts[-1]
     for key, value in summary.items():  # "register forgetting metrics" on the final model version
         client.set_model_version_tag(last["model_name"], last["version"], key, "" if value is None else f"{value:.6g}")
@@ -93,24 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "scenario": scenario, "run": run, "family": family, "method": method, "matrix": matrix, **summary,
         "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in receipts)),
-        **counts,
+        **ev["counts"], "noise_floor": floor,
         "feature_extractor": params.eval.feature_extractor, "eval_seconds": time.time() - t0,
         "versions": [r["version"] for r in receipts], "model_name": last["model_name"],
     }
     write_json(lay.eval_result(scenario, run), out)
-    np.savez_compressed(lay.eval_samples(scenario, run), **samples)
+    np.savez_compressed(lay.eval_samples(scenario, run), **ev["samples"])
     return 0
 
 
 def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real: dict, classifier: bytes,
-                 tracking_uri: str) -> tuple[dict, list[dict], dict, dict]:
-    """The task x task matrices of one run: (matrix, MLflow row of each task k, the final grid samples,
-    parameter counts). Fetches each task's registered version itself, so it runs the same in the
-    stage's process or as a Ray task on any node."""
+                 tracking_uri: str) -> dict:
+    """The task x task matrices of one run: {"matrix", "rows" (the MLflow row of each task k), "samples"
+    (the final grid), "counts" (parameters), "noise_floor" (per task)}. Fetches each task's registered
+    version itself, so it runs the same in the stage's process or as a Ray task on any node."""
     import mlflow
     import torch
 
-    from lifelong.evaluation import quality, weights_for_task
+    from lifelong.evaluation import noise_floor, quality, weights_for_task
     from lifelong.models import load_model, model_config
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -124,6 +125,15 @@ def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real:
     with tempfile.TemporaryDirectory() as tmp:
         classifier_path = Path(tmp) / "classifier.pt"
         classifier_path.write_bytes(classifier)
+        measure = dict(classifier_path=str(classifier_path), feature_extractor=params.eval.feature_extractor,
+                       kid_subset_size=params.eval.kid_subset_size, device=device.type)
+        floor = {key: [] for key in ("fid", "kid", "n")}
+        for j in range(1, T + 1):
+            images, labels = (real[j][0], real[j][1]) if scenario == "label" else (real[j][1], None)
+            size = params.eval.samples_per_class * len(params.task_classes(scenario, j)) if scenario == "label" \
+                else len(images)  # the size of the generated sample of task j
+            for key, v in noise_floor(images, size, labels=labels, seed=params.seed, **measure).items():
+                floor[key].append(v)
         for k, receipt in enumerate(receipts, start=1):
             model_file = download_model_version(receipt["model_name"], receipt["version"], Path(tmp) / f"task-{k}",
                                                 stage_hint=stage_name(scenario, run, k))
@@ -133,10 +143,8 @@ def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real:
             row = {}
             for j in range(1, k + 1):
                 net = weights_for_task(spec.old_task_weights, models, k, j)
-                images, labels, extra = generate_task(params, scenario, spec.family, net, cfg, j, real[j], device)
-                q = quality(images, labels, real[j][0] if scenario == "label" else real[j][1],
-                            classifier_path=str(classifier_path), feature_extractor=params.eval.feature_extractor,
-                            kid_subset_size=params.eval.kid_subset_size, device=device.type)
+                images, labels, extra = generate_task(params, scenario, spec.family, net, cfg, k, j, real[j], device)
+                q = quality(images, labels, real[j][0] if scenario == "label" else real[j][1], **measure)
                 q.update(extra)
                 for key in keys:
                     matrix[key][k - 1][j - 1] = None if q[key] is None else float(q[key])
@@ -149,7 +157,8 @@ def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real:
             rows.append(row)
             if spec.old_task_weights != "own_model":
                 models = {k: models[k]}  # only a model per task (standalone) needs the earlier ones again
-    return matrix, rows, samples, parameter_counts(spec.old_task_weights == "own_model", models[T], T)
+    return {"matrix": matrix, "rows": rows, "samples": samples, "noise_floor": floor,
+            "counts": parameter_counts(spec.old_task_weights == "own_model", models[T], T)}
 
 
 def on_gpu_worker(params, job: dict, num_gpus: float = 1):
@@ -170,11 +179,12 @@ def _log(client, run_id: str, metrics: dict, step: int = 0) -> None:
     client.log_batch(run_id, metrics=[Metric(key, float(v), now, step) for key, v in metrics.items()])
 
 
-def generate_task(params, scenario: str, family: str, net, cfg, j: int, real_j, device):
-    """Task j's generated images (uint8 (N, H, W)), the labels they stand for (None: no classes), extra metrics."""
-    from lifelong.evaluation.generate import gan_generate_per_class, gan_translate, generate_per_class
+def generate_task(params, scenario: str, family: str, net, cfg, k: int, j: int, real_j, device):
+    """Task j's images generated after task k (uint8 (N, H, W)), the labels they stand for (None: no
+    classes), extra metrics."""
+    from lifelong.evaluation.generate import eval_seed, gan_generate_per_class, gan_translate, generate_per_class
 
-    seed = params.seed * 100 + j
+    seed = eval_seed(params.seed, k, j)
     if scenario == "image":
         a, b, labels = real_j
         images = gan_translate(net, a, seed=seed, batch_size=params.eval.batch_size, device=device)
@@ -216,10 +226,16 @@ def parameter_counts(model_per_task: bool, final_model, num_tasks: int) -> dict:
     return {"params": total, "params_standalone": num_tasks * single}
 
 
-def summarize(matrix: dict) -> dict:
+def summarize(matrix: dict, floor: dict) -> dict:
+    """The run's summary figures from its matrices and the noise floor of each task.
+
+    forgetting / BWT of FID and of the classifier's accuracy (the steadiest signal of class-conditional
+    models at small sizes); `noise_floor_fid`: the mean floor over the tasks forgetting averages
+    (1..T-1), the scale below which a forgetting figure is not distinguishable from sampling noise."""
     from lifelong import metrics
 
     fid, kid, acc = matrix["fid"], matrix["kid"], matrix["acc"]
+    T = len(fid)
     has_acc = all(v is not None for row_i, row in enumerate(acc) for v in row[:row_i + 1])
     out = {
         "fid_final_mean": metrics.final_mean(fid),
@@ -227,6 +243,10 @@ def summarize(matrix: dict) -> dict:
         "acc_final_mean": metrics.final_mean(acc) if has_acc else None,
         "forgetting_fid_mean": metrics.forgetting_mean(fid, lower_is_better=True),
         "bwt_fid": metrics.bwt(fid),
+        "forgetting_acc_mean": metrics.forgetting_mean(acc, lower_is_better=False) if has_acc else None,
+        "bwt_acc": metrics.bwt(acc) if has_acc else None,
+        "noise_floor_fid": float(np.mean(floor["fid"][:T - 1])) if T > 1 else None,
+        "noise_floor_kid": float(np.mean(floor["kid"][:T - 1])) if T > 1 else None,
     }
     if "l1" in matrix:
         out["l1_final_mean"] = metrics.final_mean(matrix["l1"])

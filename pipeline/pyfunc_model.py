@@ -10,8 +10,9 @@ row (nested lists of floats in [0, 1], the A side of the task, e.g. an edge map)
 
 The version's alias picks the task: `@task-k` is the model registered after task k, generating as it
 did then (a Piggyback GAN's filter bank is switched to task k's filters). With the default params a
-version reproduces the pipeline's evaluation images of its task bit for bit: the seed is
-`params.yaml seed * 100 + k`, and batch_size and ddim_steps are the evaluation's.
+version reproduces the pipeline's evaluation images of its task right after training it (the matrix's
+diagonal) bit for bit: the seed is `lifelong.evaluation.eval_seed(params.yaml seed, k, k)`, and
+batch_size and ddim_steps are the evaluation's.
 
 This file is logged as code (MLflow's "models from code"), never pickled: MLflow copies it into the
 model and runs it at load time, so it needs only this project installed. The weights are the

@@ -1,9 +1,10 @@
 """Stage `report`: results/metrics.json (DVC metrics), plots (DVC plots, also logged to MLflow), report.md.
 
 metrics.json is nested by scenario, then run (<family>-<method>), and holds for each exactly:
-fid_final_mean, kid_final_mean, acc_final_mean, forgetting_fid_mean, bwt_fid, train_seconds, params,
-params_standalone, matrix {fid, kid, acc}; the image scenario adds l1_final_mean, forgetting_l1_mean
-and matrix.l1.
+fid_final_mean, kid_final_mean, acc_final_mean, forgetting_fid_mean, bwt_fid, forgetting_acc_mean,
+bwt_acc, noise_floor_fid, noise_floor_kid, train_seconds, params, params_standalone, matrix {fid, kid,
+acc} and noise_floor {fid, kid, n} (per task); the image scenario adds l1_final_mean,
+forgetting_l1_mean and matrix.l1.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pipeline.params import load_params
 from pipeline.registry import setup_mlflow
 
 METRIC_KEYS = ("fid_final_mean", "kid_final_mean", "acc_final_mean", "forgetting_fid_mean", "bwt_fid",
-               "train_seconds", "params", "params_standalone", "matrix")
+               "forgetting_acc_mean", "bwt_acc", "noise_floor_fid", "noise_floor_kid",
+               "train_seconds", "params", "params_standalone", "matrix", "noise_floor")
 IMAGE_METRIC_KEYS = METRIC_KEYS + ("l1_final_mean", "forgetting_l1_mean")
-SCALARS = [k for k in IMAGE_METRIC_KEYS if k != "matrix"]
+SCALARS = [k for k in IMAGE_METRIC_KEYS if k not in ("matrix", "noise_floor")]
 
 
 def build_metrics(results: dict[str, dict[str, dict]]) -> dict:
@@ -92,30 +94,55 @@ def _sample_row(v: np.ndarray) -> np.ndarray:
     return np.concatenate(list(v), axis=1)
 
 
+def within_floor(forgetting: float | None, floor: float | None) -> bool:
+    """A forgetting figure no larger (in size) than the noise floor: not distinguishable from two
+    samples of the same distribution."""
+    return forgetting is not None and floor is not None and abs(forgetting) <= floor
+
+
 def report_markdown(nested: dict, feature_extractor: str) -> str:
     lines = [
         "# Continual learning report",
         "",
-        f"FID/KID features: `{feature_extractor}`. FID/KID: lower is better; accuracy: the classifier's on generated samples.",
-        "Forgetting = final FID minus best earlier FID, mean over tasks 1..T-1 (higher = more forgetting).",
+        f"FID and KID in the features of `{feature_extractor}` (lower is better; KID shown x10^3); acc: the",
+        "classifier's accuracy on generated samples (fraction, higher is better). Forgetting: final minus best",
+        "earlier value, mean over tasks 1..T-1 (FID: positive = worse; acc: positive = lost accuracy). BWT:",
+        "final minus just-trained value, mean over tasks 1..T-1 (FID: positive = worse; acc: negative = worse).",
+        "",
+        "**Noise floor**: FID between two disjoint halves of a task's real test images, each the size of the",
+        "generated sample (n per task below). Two samples of one distribution differ this much by chance, so a",
+        "forgetting figure marked `~` (within the floor) is not evidence of forgetting. Every evaluation row draws",
+        "fresh noise, for every method, so forgetting is measured the same way for all of them.",
+        "**n = 1 training seed**: no confidence interval across training runs; treat differences between runs",
+        "that are smaller than the floor as noise.",
         "",
         "Params: what serving every task takes after the last one (generator only for GANs); standalone:",
         "one separate model per task, for comparison (Piggyback GAN's claim: on par at fewer parameters).",
     ]
     fmt = lambda v, p=2: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
+    kid3 = lambda v: None if v is None else 1e3 * v  # noqa: E731
     for scenario, runs in nested.items():
         image = scenario == "image"
         lines += ["", f"## Scenario `{scenario}`" + (" (image-conditioned: A -> B)" if image else
-                                                    " (label-conditioned, class-incremental)"), "",
-                  "| run | FID final (mean) | KID final (mean) | acc final (mean) | forgetting FID | BWT FID |"
-                  + (" L1 final | forgetting L1 |" if image else "") + " train s | params | params standalone |",
-                  "|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|"]
+                                                    " (label-conditioned, class-incremental)"), ""]
+        floor = next(iter(runs.values()))["noise_floor"]  # the same test images for every run
+        lines += ["Noise floor per task: " + ", ".join(
+            f"task {j}: FID {f:.2f}, KID x10^3 {1e3 * kd:.2f} (n = {n})"
+            for j, (f, kd, n) in enumerate(zip(floor["fid"], floor["kid"], floor["n"]), start=1)), ""]
+        lines += ["| run | FID final | KID final (x10^3) | acc final | forgetting FID (floor) | BWT FID "
+                  "| forgetting acc | BWT acc |" + (" L1 final | forgetting L1 |" if image else "")
+                  + " train (s) | params | params standalone |",
+                  "|---|---|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|"]
         for run, m in runs.items():
-            lines.append(f"| {run} | {fmt(m['fid_final_mean'])} | {fmt(m['kid_final_mean'], 4)} | "
-                         f"{fmt(m['acc_final_mean'], 3)} | {fmt(m['forgetting_fid_mean'])} | {fmt(m['bwt_fid'])} | "
+            mark = " ~" if within_floor(m["forgetting_fid_mean"], m["noise_floor_fid"]) else ""
+            forgetting = f"{fmt(m['forgetting_fid_mean'])} ({fmt(m['noise_floor_fid'])}){mark}"
+            lines.append(f"| {run} | {fmt(m['fid_final_mean'])} | {fmt(kid3(m['kid_final_mean']))} | "
+                         f"{fmt(m['acc_final_mean'], 3)} | {forgetting} | {fmt(m['bwt_fid'])} | "
+                         f"{fmt(m['forgetting_acc_mean'], 3)} | {fmt(m['bwt_acc'], 3)} | "
                          + (f"{fmt(m['l1_final_mean'], 4)} | {fmt(m['forgetting_l1_mean'], 4)} | " if image else "")
                          + f"{m['train_seconds']:.0f} | {m['params']:,} | {m['params_standalone']:,} |")
-    lines += ["", "Plots: `results/plots/` (`dvc plots show`), also logged to MLflow run `report`.", ""]
+    lines += ["", "`~`: forgetting within the noise floor (|forgetting| <= the mean floor of tasks 1..T-1).",
+              "Plots: `results/plots/` (`dvc plots show`), also logged to MLflow run `report`.", ""]
     return "\n".join(lines)
 
 

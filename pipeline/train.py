@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # [6] the registered version, from the final model the job handed back (found again, never
         # duplicated, if an earlier attempt got that far)
+        from lifelong.evaluation.generate import eval_seed
+
         with final_model(result, job) as (final, rows):
             curve = {int(m["step"]): m for m in rows}
             train_seconds = max((m.get("train_seconds", 0.0) for m in curve.values()), default=0.0)
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 experiment_id=experiment_id, alias=f"task-{k}", run_key=run_key, tags=tags,
                 logged_name=f"{run}-task{k}",
                 generator={"scenario": scenario, "run": run, "task": k, "classes": params.task_classes(scenario, k),
-                           "seed": params.seed * 100 + k, "batch_size": params.eval.batch_size,
+                           "seed": eval_seed(params.seed, k, k), "batch_size": params.eval.batch_size,
                            "ddim_steps": params.eval.ddim_steps},
             )
 

@@ -13,8 +13,8 @@ from lifelong.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
-from lifelong.evaluation.generate import generate_per_class, weights_for_task
-from lifelong.evaluation.fidelity import FEATURE_EXTRACTORS, inception_weights_path, quality
+from lifelong.evaluation.generate import eval_seed, generate_per_class, weights_for_task
+from lifelong.evaluation.fidelity import FEATURE_EXTRACTORS, inception_weights_path, noise_floor, quality
 
 __all__ = [
     "ClassifierConfig",
@@ -25,6 +25,8 @@ __all__ = [
     "save_classifier",
     "load_classifier",
     "quality",
+    "noise_floor",
+    "eval_seed",
     "generate_per_class",
     "weights_for_task",
     "inception_weights_path",

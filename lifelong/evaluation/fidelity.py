@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 from lifelong.evaluation.classifier import accuracy, load_classifier
 
-__all__ = ["quality", "inception_weights_path", "FEATURE_EXTRACTORS", "LifelongCNNExtractor"]
+__all__ = ["quality", "noise_floor", "disjoint_halves", "inception_weights_path", "FEATURE_EXTRACTORS",
+           "LifelongCNNExtractor"]
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = (
@@ -126,6 +127,39 @@ def quality(
         "acc": acc,
         "feature_extractor": feature_extractor,
     }
+
+
+def disjoint_halves(num_real: int, size: int, labels: np.ndarray | None = None,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint random index sets into `num_real` real images, each of `size` images or, when the
+    real set is smaller than 2 x size, of half of it. With `labels` each half keeps the real set's class
+    balance: per class, min(size / #classes, its count / 2) images (then `size` is a total over classes)."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        order = rng.permutation(num_real)
+        half = min(size, num_real // 2)
+        return np.sort(order[:half]), np.sort(order[half:2 * half])
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    per_class = size // len(classes)
+    a, b = [], []
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        half = min(per_class, len(idx) // 2)
+        a.append(idx[:half])
+        b.append(idx[half:2 * half])
+    return np.sort(np.concatenate(a)), np.sort(np.concatenate(b))
+
+
+def noise_floor(real: np.ndarray, size: int, *, labels: np.ndarray | None = None, seed: int = 0,
+                **quality_kwargs) -> dict:
+    """The measurement's noise floor: FID/KID between two disjoint halves of the real images, each
+    the size of the evaluation sample (`size`; half the real set when that is smaller). Two samples of
+    one distribution score this far apart by chance alone, so a difference of FIDs (forgetting) that
+    is not larger than it is not evidence of a change. Returns {"fid", "kid", "n"} (n: images per half)."""
+    a, b = disjoint_halves(len(real), size, labels=labels, seed=seed)
+    q = quality(real[a], None, real[b], **quality_kwargs)
+    return {"fid": q["fid"], "kid": q["kid"], "n": int(len(a))}
 
 
 def __getattr__(name: str):

@@ -8,6 +8,14 @@ import torch
 from lifelong.models.diffusion import DiffusionConfig, ddim_sample, to_uint8
 
 
+def eval_seed(seed: int, after_task: int, task: int) -> int:
+    """The noise seed for generating `task` with the model of `after_task` (tasks < 100): fresh noise in
+    every cell of the task x task matrix, for every method alike, so a method whose weights for a task
+    never change (standalone, Piggyback) is re-sampled at each evaluation row like the others, and its
+    forgetting is measured, not 0 by construction. The diagonal (k, k) is what `@task-k` generates."""
+    return seed * 10_000 + after_task * 100 + task
+
+
 @torch.no_grad()
 def generate_per_class(model, classes: list[int], *, per_class: int, cfg: DiffusionConfig, steps: int,
                        seed: int, batch_size: int = 500,

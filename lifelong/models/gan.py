@@ -35,12 +35,18 @@ class GANConfig:
     z_dim: int = 16  # latent size (BicycleGAN uses 8)
     width: int = 32  # base channel count; deeper layers use width * 2^i, capped at width * 8
     gan_loss: Literal["lsgan", "hinge"] = "lsgan"  # LSGAN is BicycleGAN's default
+    # label G's first layer: "deconv" = DCGAN's project-and-reshape as ConvTranspose2d(2 z_dim, C0, 4) on a
+    # 1 x 1 input (a conv, so Piggyback banks its filters); "linear" = Linear(2 z_dim, C0 * 16), the layer of
+    # checkpoints written before this option (a file without the key loads as "linear")
+    label_stem: Literal["deconv", "linear"] = "deconv"
     piggyback_ratio: float | None = None  # set by the piggyback method (lambda); stored so a checkpoint rebuilds it
     piggyback_tasks: int = 0  # idem: number of tasks whose filters the checkpoint holds
 
     def __post_init__(self) -> None:
         if self.condition not in ("label", "image"):
             raise ValueError(f"condition must be 'label' or 'image', got {self.condition!r}")
+        if self.label_stem not in ("deconv", "linear"):
+            raise ValueError(f"label_stem must be 'deconv' or 'linear', got {self.label_stem!r}")
         if self.gan_loss not in ("lsgan", "hinge"):
             raise ValueError(f"gan_loss must be 'lsgan' or 'hinge', got {self.gan_loss!r}")
         s = self.image_size_px
@@ -63,7 +69,7 @@ class GANConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"GANConfig: unknown keys {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**d)
+        return cls(**{"label_stem": "linear", **d})  # written before label_stem existed: the Linear stem
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -89,15 +95,19 @@ def _down(c_in: int, c_out: int, norm: bool = True) -> list[nn.Module]:
 
 
 class LabelGenerator(nn.Module):
-    """G(z, y): [z, embed(y)] -> Linear -> (C0, 4, 4) -> ConvTranspose x2 blocks -> conv -> tanh."""
+    """G(z, y): [z, embed(y)] -> project to (C0, 4, 4) -> ConvTranspose x2 blocks -> conv -> tanh.
+
+    The projection (`fc`) is DCGAN's first layer, a 4 x 4 ConvTranspose2d of the 1 x 1 input (or, with
+    cfg.label_stem "linear", a Linear reshaped to 4 x 4: the same map with a bias per position)."""
 
     def __init__(self, cfg: GANConfig) -> None:
         super().__init__()
         n_up = _levels(cfg.image_size_px, 4)
         c0 = _ch(cfg.width, n_up)
-        self.c0 = c0
+        self.c0, self.stem = c0, cfg.label_stem
         self.embed = nn.Embedding(cfg.num_classes, cfg.z_dim)
-        self.fc = nn.Linear(2 * cfg.z_dim, c0 * 4 * 4)
+        self.fc = (nn.ConvTranspose2d(2 * cfg.z_dim, c0, 4) if cfg.label_stem == "deconv"
+                   else nn.Linear(2 * cfg.z_dim, c0 * 4 * 4))
         self.fc_act = nn.Sequential(_norm(c0), nn.ReLU())
         blocks: list[nn.Module] = []
         c = c0
@@ -109,7 +119,8 @@ class LabelGenerator(nn.Module):
         self.to_image = nn.Sequential(nn.Conv2d(c, cfg.in_channels, 3, padding=1), nn.Tanh())
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
-        h = self.fc(torch.cat([z, self.embed(y)], dim=1))  # (B, C0 * 16)
+        x = torch.cat([z, self.embed(y)], dim=1)  # (B, 2 z_dim)
+        h = self.fc(x[:, :, None, None] if self.stem == "deconv" else x)
         h = self.fc_act(h.view(z.shape[0], self.c0, 4, 4))  # (B, C0, 4, 4)
         return self.to_image(self.up(h))  # (B, C, H, W)
 

@@ -119,7 +119,7 @@ def test_gan_methods_in_both_scenarios(clone):
     final = json.loads((repo / "results/receipts/label/gan-piggyback_gan/task-2.json").read_text())
     net = _registered(repo, final["model_name"], final["version"])
     piggyback.set_task(net["G"], 1)
-    expected, _, _ = generate_task(parse_params(params), "label", "gan", net, net.cfg, 1, None, "cpu")
+    expected, _, _ = generate_task(parse_params(params), "label", "gan", net, net.cfg, 1, 1, None, "cpu")
     pyfunc_images = np.asarray(got["piggyback"], dtype=np.float32)
     assert pyfunc_images.shape == (2 * per_class, 1, 16, 16)
     assert np.array_equal(np.rint(pyfunc_images[:, 0] * 255).astype(np.uint8), expected)

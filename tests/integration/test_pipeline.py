@@ -19,7 +19,8 @@ from tests.integration.ui import assert_ui_shows_the_chain
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 METRIC_KEYS = {"fid_final_mean", "kid_final_mean", "acc_final_mean", "forgetting_fid_mean", "bwt_fid",
-               "train_seconds", "params", "params_standalone", "matrix"}
+               "forgetting_acc_mean", "bwt_acc", "noise_floor_fid", "noise_floor_kid", "noise_floor", "train_seconds",
+               "params", "params_standalone", "matrix"}
 
 
 def _client(repo):
@@ -102,7 +103,7 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone, tmp_path):
             "real = {j: read_all(task_shard_paths(lay.scenario_shards('label'), j, 'test')) for j in (1, 2)}; "
             "job = dict(params=params, scenario='label', run='diffusion-finetune', receipts=rs, real=real, "
             "classifier=lay.classifier.read_bytes(), tracking_uri='sqlite:///' + str(lay.root / 'mlflow.db')); "
-            "print(json.dumps(on_gpu_worker(params, job, num_gpus=0)[0]))")
+            "print(json.dumps(on_gpu_worker(params, job, num_gpus=0)['matrix']))")
     remote = json.loads(run([sys.executable, "-c", code], repo).stdout.strip().splitlines()[-1])
     local = metrics["label"]["diffusion-finetune"]["matrix"]
     for key in ("fid", "kid", "acc"):

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lifelong.evaluation import accuracy, load_classifier, quality
@@ -75,3 +76,29 @@ def test_package_import_does_not_import_torch_fidelity():
     code = "import sys, lifelong.evaluation; assert 'torch_fidelity' not in sys.modules"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_disjoint_halves_are_disjoint_balanced_and_capped():
+    from lifelong.evaluation.fidelity import disjoint_halves
+
+    labels = np.repeat([3, 7], [10, 30])
+    a, b = disjoint_halves(40, 16, labels=labels, seed=0)
+    assert not set(a) & set(b)
+    # 8 per class asked; class 3 has only 10 images: 5 in each half, class 7 gives its 8
+    assert [int((labels[a] == c).sum()) for c in (3, 7)] == [5, 8] == [int((labels[b] == c).sum()) for c in (3, 7)]
+    a, b = disjoint_halves(9, 100, seed=1)  # unlabelled, asked for more than there is: half each
+    assert len(a) == len(b) == 4 and not set(a) & set(b)
+    assert [x.tolist() for x in disjoint_halves(9, 100, seed=1)] == [a.tolist(), b.tolist()]  # seeded
+
+
+def test_noise_floor_is_small_next_to_a_real_gap_and_grows_as_samples_shrink(classifier_path):
+    from lifelong.evaluation import noise_floor
+
+    real, labels = two_squares(400, seed=20)
+    other, _ = two_squares(200, seed=21, invert=True)
+    big = noise_floor(real, 160, labels=labels, classifier_path=classifier_path)
+    small = noise_floor(real, 10, labels=labels, classifier_path=classifier_path)
+    gap = quality(other, None, real, classifier_path=classifier_path)
+    assert big["n"] == 160 and small["n"] == 10  # 80 and 5 per class
+    assert 0 < big["fid"] < 0.1 * gap["fid"]
+    assert small["fid"] > big["fid"]  # FID's finite-sample bias: the floor depends on the sample size

@@ -111,3 +111,25 @@ def test_config_dict_round_trip_and_validation():
         GANConfig(condition="text")
     with pytest.raises(ValueError, match="gan_loss"):
         GANConfig(condition="label", gan_loss="wgan")
+
+
+def test_label_stem_is_a_filter_bank_conv_and_old_files_keep_their_linear():
+    from lifelong.models import piggyback
+
+    cfg = _cfg("label")
+    assert cfg.label_stem == "deconv" and isinstance(build_gan(cfg)["G"].fc, torch.nn.ConvTranspose2d)
+    G = build_gan(cfg)["G"]
+    piggyback.piggyback_(G, 0.25)
+    assert isinstance(G.fc, piggyback.PiggybackConvTranspose2d)  # banked, not copied per task
+
+    # A model file from before the option: its config has no label_stem, its G a Linear stem.
+    old_cfg = _cfg("label", label_stem="linear")
+    old = _nets(old_cfg, seed=4)
+    d = save_gan_state(old, old_cfg)
+    d["config"].pop("label_stem")
+    loaded = load_gan_state(d)
+    assert loaded.cfg.label_stem == "linear" and isinstance(loaded["G"].fc, torch.nn.Linear)
+    y, z = torch.tensor([0, 1, 2]), torch.randn(3, 4)
+    assert torch.equal(old.sample(z=z, y=y), loaded.sample(z=z, y=y))
+    with pytest.raises(ValueError, match="label_stem"):
+        GANConfig(condition="label", label_stem="dense")
