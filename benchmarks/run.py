@@ -52,10 +52,11 @@ def make_shards(root: Path, image_size_px: int) -> Path:
 def task_config(params, shards: Path, ckpt: Path, *, method="finetune", task=1, steps=60, init_state=None):
     from lifelong.data import task_shard_paths
     from lifelong.training import TaskTrainConfig
-    from pipeline.train import model_config
+    from pipeline.task import model_config
 
     return TaskTrainConfig(
-        method=method, model_config=model_config(params), task_index=task, task_classes=[[0, 1], [2, 3]][task - 1],
+        method=method, model_config=model_config(params, "label", "diffusion"), task_index=task,
+        task_classes=[[0, 1], [2, 3]][task - 1],
         previous_classes=[0, 1] if task == 2 else [], shards=task_shard_paths(shards, task, "train"),
         checkpoint_dir=str(ckpt), init_state=init_state, steps=steps, batch_size=params.train.batch_size,
         lr=params.train.lr, checkpoint_every=10_000, log_every=10, seed=0,

@@ -155,22 +155,7 @@ def local_file(path_or_url: str, cache_dir: str | None = None) -> str:
     if match := CONTENT_NAME.match(name):  # published by content: fetched and checked like a shard
         return _fetch(path_or_url, match.group(1), Path(cache_dir or default_cache_dir()) / "files")
     key = hashlib.sha256(path_or_url.encode()).hexdigest()[:24]
-    target = Path(cache_dir or default_cache_dir()) / "files" / key / name
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        store, path = filesystem(path_or_url)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, store.open_input_stream(path) as src:
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
-            os.replace(tmp, target)
-        except OSError as err:
-            raise StorageError(f"{path_or_url} cannot be read ({err})") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return str(target)
+    return _download(path_or_url, Path(cache_dir or default_cache_dir()) / "files" / key / name)
 
 
 def url_of(checkpoint_path: str, filesystem_: pafs.FileSystem) -> str:
@@ -183,12 +168,18 @@ def default_cache_dir() -> str:
 
 
 def _fetch(url: str, sha: str, cache: Path) -> str:
-    target = cache / url.rsplit("/", 1)[-1]
+    """A content-addressed file (`<sha256>.<suffix>`) into `cache`, checked against its name."""
+    return _download(url, cache / url.rsplit("/", 1)[-1], sha=sha)
+
+
+def _download(url: str, target: Path, sha: str | None = None) -> str:
+    """`url` into `target` once: written under a temporary name, checked against `sha` when given,
+    then renamed into place, so the cache only ever holds whole (and, with `sha`, verified) files."""
     if target.is_file():
         return str(target)
-    cache.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     store, path = filesystem(url)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
             try:
@@ -196,9 +187,11 @@ def _fetch(url: str, sha: str, cache: Path) -> str:
                     while chunk := src.read(_CHUNK):
                         out.write(chunk)
             except OSError as err:
-                raise StorageError(f"shard {url} cannot be read ({err}); was it published? "
-                                   "(the train stage publishes a task's shards before training)") from None
-        _check(tmp, sha, url)
+                hint = ("; was it published? (the train stage publishes a task's shards before training)"
+                        if sha else "")
+                raise StorageError(f"{'shard ' if sha else ''}{url} cannot be read ({err}){hint}") from None
+        if sha:
+            _check(tmp, sha, url)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

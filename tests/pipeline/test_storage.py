@@ -92,6 +92,9 @@ def test_s3_shards_are_fetched_verified_and_cached_per_node(shard_dir, s3, tmp_p
 
     client.put_object(Bucket=cfg["s3"]["bucket"], Key="lifelong/x/final.pt", Body=b"weights")
     assert Path(local_file(f"{root}/x/final.pt", cache_dir=str(cache))).read_bytes() == b"weights"
+    with pytest.raises(StorageError, match=f"{root}/x/missing.pt cannot be read"):
+        local_file(f"{root}/x/missing.pt", cache_dir=str(cache))
+    assert not list(cache.rglob("*.part"))
 
 
 def _flaky_loop(config):
