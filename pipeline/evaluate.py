@@ -7,7 +7,8 @@ generates task j:
 - image scenario: G(A, z) for every test condition A of task j, against the real targets B, plus
   the mean L1 distance to B.
 Every cell (k, j) draws fresh noise (`lifelong.evaluation.eval_seed`), for every method alike.
-FID/KID use the same offline feature extractor everywhere; acc is the classifier's on the samples.
+FID/KID use the same offline feature extractor everywhere; acc is the classifier's on the samples; div
+their diversity next to the real images' (per class; ~1 as varied as the data, ~0 mode collapse).
 Which weights generate task j after task k is the method's (lifelong.catalog `old_task_weights`): the
 task-k model, task j's own model (standalone), or the task-k model switched to task j's filters
 (piggyback_gan); `lifelong.evaluation.weights_for_task` picks them.
@@ -32,7 +33,7 @@ from pipeline.params import load_params
 from pipeline.registry import check_model_version, download_model_version, setup_mlflow
 from pipeline.plan import stage_name
 
-MATRIX_KEYS = ("fid", "kid", "acc")
+MATRIX_KEYS = ("fid", "kid", "acc", "div")
 IMAGE_MATRIX_KEYS = MATRIX_KEYS + ("l1",)
 
 
@@ -144,7 +145,8 @@ def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real:
             for j in range(1, k + 1):
                 net = weights_for_task(spec.old_task_weights, models, k, j)
                 images, labels, extra = generate_task(params, scenario, spec.family, net, cfg, k, j, real[j], device)
-                q = quality(images, labels, real[j][0] if scenario == "label" else real[j][1], **measure)
+                real_images, real_labels = (real[j][0], real[j][1]) if scenario == "label" else (real[j][1], labels)
+                q = quality(images, labels, real_images, real_labels=real_labels, **measure)
                 q.update(extra)
                 for key in keys:
                     matrix[key][k - 1][j - 1] = None if q[key] is None else float(q[key])
@@ -234,13 +236,14 @@ def summarize(matrix: dict, floor: dict) -> dict:
     (1..T-1), the scale below which a forgetting figure is not distinguishable from sampling noise."""
     from lifelong import metrics
 
-    fid, kid, acc = matrix["fid"], matrix["kid"], matrix["acc"]
+    fid, kid, acc, div = matrix["fid"], matrix["kid"], matrix["acc"], matrix["div"]
     T = len(fid)
     has_acc = all(v is not None for row_i, row in enumerate(acc) for v in row[:row_i + 1])
     out = {
         "fid_final_mean": metrics.final_mean(fid),
         "kid_final_mean": metrics.final_mean(kid),
         "acc_final_mean": metrics.final_mean(acc) if has_acc else None,
+        "div_final_mean": metrics.final_mean(div),
         "forgetting_fid_mean": metrics.forgetting_mean(fid, lower_is_better=True),
         "bwt_fid": metrics.bwt(fid),
         "forgetting_acc_mean": metrics.forgetting_mean(acc, lower_is_better=False) if has_acc else None,

@@ -1,9 +1,9 @@
 """Stage `report`: results/metrics.json (DVC metrics), plots (DVC plots, also logged to MLflow), report.md.
 
 metrics.json is nested by scenario, then run (<family>-<method>), and holds for each exactly:
-fid_final_mean, kid_final_mean, acc_final_mean, forgetting_fid_mean, bwt_fid, forgetting_acc_mean,
-bwt_acc, noise_floor_fid, noise_floor_kid, train_seconds, params, params_standalone, matrix {fid, kid,
-acc} and noise_floor {fid, kid, n} (per task); the image scenario adds l1_final_mean,
+fid_final_mean, kid_final_mean, acc_final_mean, div_final_mean, forgetting_fid_mean, bwt_fid,
+forgetting_acc_mean, bwt_acc, noise_floor_fid, noise_floor_kid, train_seconds, params, params_standalone,
+matrix {fid, kid, acc, div} and noise_floor {fid, kid, n} (per task); the image scenario adds l1_final_mean,
 forgetting_l1_mean and matrix.l1.
 """
 
@@ -16,7 +16,7 @@ from pipeline.layout import run_stage, layout, read_json, write_json
 from pipeline.params import load_params
 from pipeline.registry import setup_mlflow
 
-METRIC_KEYS = ("fid_final_mean", "kid_final_mean", "acc_final_mean", "forgetting_fid_mean", "bwt_fid",
+METRIC_KEYS = ("fid_final_mean", "kid_final_mean", "acc_final_mean", "div_final_mean", "forgetting_fid_mean", "bwt_fid",
                "forgetting_acc_mean", "bwt_acc", "noise_floor_fid", "noise_floor_kid",
                "train_seconds", "params", "params_standalone", "matrix", "noise_floor")
 IMAGE_METRIC_KEYS = METRIC_KEYS + ("l1_final_mean", "forgetting_l1_mean")
@@ -105,7 +105,9 @@ def report_markdown(nested: dict, feature_extractor: str) -> str:
         "# Continual learning report",
         "",
         f"FID and KID in the features of `{feature_extractor}` (lower is better; KID shown x10^3); acc: the",
-        "classifier's accuracy on generated samples (fraction, higher is better). Forgetting: final minus best",
+        "classifier's accuracy on generated samples (fraction, higher is better); div: their diversity, the mean",
+        "pairwise feature distance within a class over the real images' (about 1: as varied as the data; near 0:",
+        "mode collapse). Forgetting: final minus best",
         "earlier value, mean over tasks 1..T-1 (FID: positive = worse; acc: positive = lost accuracy). BWT:",
         "final minus just-trained value, mean over tasks 1..T-1 (FID: positive = worse; acc: negative = worse).",
         "",
@@ -129,15 +131,15 @@ def report_markdown(nested: dict, feature_extractor: str) -> str:
         lines += ["Noise floor per task: " + ", ".join(
             f"task {j}: FID {f:.2f}, KID x10^3 {1e3 * kd:.2f} (n = {n})"
             for j, (f, kd, n) in enumerate(zip(floor["fid"], floor["kid"], floor["n"]), start=1)), ""]
-        lines += ["| run | FID final | KID final (x10^3) | acc final | forgetting FID (floor) | BWT FID "
+        lines += ["| run | FID final | KID final (x10^3) | acc final | div final | forgetting FID (floor) | BWT FID "
                   "| forgetting acc | BWT acc |" + (" L1 final | forgetting L1 |" if image else "")
                   + " train (s) | params | params standalone |",
-                  "|---|---|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|"]
         for run, m in runs.items():
             mark = " ~" if within_floor(m["forgetting_fid_mean"], m["noise_floor_fid"]) else ""
             forgetting = f"{fmt(m['forgetting_fid_mean'])} ({fmt(m['noise_floor_fid'])}){mark}"
             lines.append(f"| {run} | {fmt(m['fid_final_mean'])} | {fmt(kid3(m['kid_final_mean']))} | "
-                         f"{fmt(m['acc_final_mean'], 3)} | {forgetting} | {fmt(m['bwt_fid'])} | "
+                         f"{fmt(m['acc_final_mean'], 3)} | {fmt(m['div_final_mean'])} | {forgetting} | {fmt(m['bwt_fid'])} | "
                          f"{fmt(m['forgetting_acc_mean'], 3)} | {fmt(m['bwt_acc'], 3)} | "
                          + (f"{fmt(m['l1_final_mean'], 4)} | {fmt(m['forgetting_l1_mean'], 4)} | " if image else "")
                          + f"{m['train_seconds']:.0f} | {m['params']:,} | {m['params_standalone']:,} |")

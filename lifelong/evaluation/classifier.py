@@ -149,6 +149,33 @@ def predict(model: SmallCNN, images: np.ndarray, *, batch_size: int = 1024) -> n
     return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
 
 
+@torch.no_grad()
+def features(model: SmallCNN, images: np.ndarray, *, batch_size: int = 1024) -> torch.Tensor:
+    """The classifier's penultimate features of uint8 images (N, H, W): float (N, feature_dim) on the CPU."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = [model.features(xb.to(device)).float().cpu() for xb in _to_input(images).split(batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.feature_dim)
+
+
+def diversity(model: SmallCNN, generated: np.ndarray, generated_labels: np.ndarray | None, real: np.ndarray,
+              real_labels: np.ndarray | None) -> float:
+    """How varied the generated samples are, next to the real ones: per class, the mean pairwise distance
+    between the generated images' features over the same for the real images of that class, averaged over
+    the classes (one pool when either side has no labels). About 1: as varied as the data; near 0: mode
+    collapse (every z gives nearly the same image), which FID only shows mixed with everything else."""
+    def spread(x: torch.Tensor) -> float:
+        n = len(x)
+        return float(torch.cdist(x, x).sum() / (n * (n - 1))) if n > 1 else float("nan")
+
+    fg, fr = features(model, generated), features(model, real)
+    if generated_labels is None or real_labels is None:
+        return spread(fg) / spread(fr)
+    g, r = np.asarray(generated_labels), np.asarray(real_labels)
+    ratios = [spread(fg[torch.from_numpy(g == c)]) / spread(fr[torch.from_numpy(r == c)]) for c in np.unique(g)]
+    return float(np.nanmean(ratios))
+
+
 def accuracy(model: SmallCNN, images: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of images whose predicted class equals the label."""
     y = _check_labels(labels, len(images), model.cfg.num_classes).numpy()

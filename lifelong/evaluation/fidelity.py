@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lifelong.evaluation.classifier import accuracy, load_classifier
+from lifelong.evaluation.classifier import accuracy, diversity, load_classifier
 
 __all__ = ["quality", "noise_floor", "disjoint_halves", "inception_weights_path", "FEATURE_EXTRACTORS",
            "LifelongCNNExtractor"]
@@ -81,12 +81,14 @@ def quality(
     feature_extractor: str = "lifelong-cnn",
     kid_subset_size: int = 1000,
     device: str = "cpu",
+    real_labels: np.ndarray | None = None,
 ) -> dict:
-    """FID and KID of `generated` vs `real`, and the classifier's accuracy on `generated`.
+    """FID and KID of `generated` vs `real`, the classifier's accuracy on `generated`, and their
+    diversity (`classifier.diversity`: per class when both label arrays are given).
 
     generated: uint8 (N, H, W); generated_labels: (N,) the classes they were conditioned on (None:
     the data has no classes, e.g. pix2pix pairs; acc is then None); real: uint8 (M, H, W). KID subsets are clamped to min(kid_subset_size, N, M).
-    Returns {"fid", "kid" (mean over subsets), "acc", "feature_extractor"}.
+    Returns {"fid", "kid" (mean over subsets), "acc", "div", "feature_extractor"}.
     """
     generated = _check_images("generated", generated)
     real = _check_images("real", real)
@@ -99,6 +101,7 @@ def quality(
     if use_cuda:
         classifier.to(device)
     acc = None if generated_labels is None else accuracy(classifier, generated, generated_labels)
+    div = diversity(classifier, generated, generated_labels, real, real_labels)
 
     import torch_fidelity
 
@@ -125,6 +128,7 @@ def quality(
         "fid": float(metrics["frechet_inception_distance"]),
         "kid": float(metrics["kernel_inception_distance_mean"]),
         "acc": acc,
+        "div": div,
         "feature_extractor": feature_extractor,
     }
 

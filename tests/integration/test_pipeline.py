@@ -18,7 +18,7 @@ from tests.integration.ui import assert_ui_shows_the_chain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
-METRIC_KEYS = {"fid_final_mean", "kid_final_mean", "acc_final_mean", "forgetting_fid_mean", "bwt_fid",
+METRIC_KEYS = {"fid_final_mean", "kid_final_mean", "acc_final_mean", "div_final_mean", "forgetting_fid_mean", "bwt_fid",
                "forgetting_acc_mean", "bwt_acc", "noise_floor_fid", "noise_floor_kid", "noise_floor", "train_seconds",
                "params", "params_standalone", "matrix"}
 
@@ -88,7 +88,7 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone, tmp_path):
     assert set(metrics["label"]) == {"diffusion-finetune", "diffusion-generative_distillation"}
     for m in metrics["label"].values():
         assert set(m) == METRIC_KEYS
-        for key in ("fid", "kid", "acc"):
+        for key in ("fid", "kid", "acc", "div"):
             mat = m["matrix"][key]
             assert mat[0][1] is None and all(v is not None for v in (mat[0][0], mat[1][0], mat[1][1]))
     assert (repo / "results/report.md").exists()

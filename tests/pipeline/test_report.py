@@ -11,17 +11,19 @@ from pipeline.report import METRIC_KEYS, build_metrics, report_markdown, within_
 FID = [[40.0, None, None], [46.0, 30.0, None], [44.0, 38.0, 35.0]]
 ACC = [[0.9, None, None], [0.7, 0.8, None], [0.6, 0.8, 0.7]]
 KID = [[0.020, None, None], [0.025, 0.010, None], [0.021, 0.015, 0.012]]
+DIV = [[0.9, None, None], [0.8, 1.0, None], [0.3, 0.6, 0.9]]
 FLOOR = {"fid": [5.0, 3.0, 4.0], "kid": [0.001, 0.002, 0.003], "n": [200, 200, 200]}
 
 
 def test_summary_has_accuracy_forgetting_bwt_and_the_floor_of_the_forgetting_tasks():
-    s = summarize({"fid": FID, "kid": KID, "acc": ACC}, FLOOR)
+    s = summarize({"fid": FID, "kid": KID, "acc": ACC, "div": DIV}, FLOOR)
     assert s["forgetting_fid_mean"] == pytest.approx(((44 - 40) + (38 - 30)) / 2)
     assert s["forgetting_acc_mean"] == pytest.approx(((0.9 - 0.6) + (0.8 - 0.8)) / 2)
     assert s["bwt_acc"] == pytest.approx(((0.6 - 0.9) + (0.8 - 0.8)) / 2)
     assert s["noise_floor_fid"] == pytest.approx(4.0)  # tasks 1..T-1: (5 + 3) / 2, task 3's floor left out
     assert s["noise_floor_kid"] == pytest.approx(0.0015)
-    one = summarize({"fid": [[40.0]], "kid": [[0.02]], "acc": [[None]]}, FLOOR)
+    assert s["div_final_mean"] == pytest.approx(0.6)
+    one = summarize({"fid": [[40.0]], "kid": [[0.02]], "acc": [[None]], "div": [[1.0]]}, FLOOR)
     assert one["noise_floor_fid"] is None and one["forgetting_acc_mean"] is None and one["acc_final_mean"] is None
 
 
@@ -30,8 +32,8 @@ def test_report_marks_forgetting_within_the_floor_and_says_the_units():
     assert not within_floor(None, 4.0) and not within_floor(1.0, None)
 
     def evaluation(fid_matrix):
-        s = summarize({"fid": fid_matrix, "kid": KID, "acc": ACC}, FLOOR)
-        return {**s, "matrix": {"fid": fid_matrix, "kid": KID, "acc": ACC}, "noise_floor": FLOOR,
+        s = summarize({"fid": fid_matrix, "kid": KID, "acc": ACC, "div": DIV}, FLOOR)
+        return {**s, "matrix": {"fid": fid_matrix, "kid": KID, "acc": ACC, "div": DIV}, "noise_floor": FLOOR,
                 "train_seconds": 12.0, "params": 1000, "params_standalone": 3000}
 
     steady = [[40.0, None, None], [41.0, 30.0, None], [42.0, 31.0, 35.0]]  # forgetting 1.5 < floor 4
@@ -39,7 +41,7 @@ def test_report_marks_forgetting_within_the_floor_and_says_the_units():
     assert set(nested["label"]["gan-steady"]) == set(METRIC_KEYS)
     text = report_markdown(nested, "lifelong-cnn")
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| gan-")}
-    assert "| 6.00 (4.00) |" in rows["gan-forgets"]
+    assert "| 0.60 | 6.00 (4.00) |" in rows["gan-forgets"]  # div final, then forgetting (floor)
     assert "| 1.50 (4.00) ~ |" in rows["gan-steady"]
     assert "KID final (x10^3)" in text and "| 16.00 |" in rows["gan-steady"]  # mean final KID 0.016 -> 16.00
     assert "forgetting acc" in text and "BWT acc" in text and "train (s)" in text

@@ -102,3 +102,14 @@ def test_noise_floor_is_small_next_to_a_real_gap_and_grows_as_samples_shrink(cla
     assert big["n"] == 160 and small["n"] == 10  # 80 and 5 per class
     assert 0 < big["fid"] < 0.1 * gap["fid"]
     assert small["fid"] > big["fid"]  # FID's finite-sample bias: the floor depends on the sample size
+
+
+def test_diversity_is_about_one_for_real_data_and_near_zero_for_a_collapsed_generator(classifier_path):
+    real, labels = two_squares(200, seed=30)
+    fresh, fresh_labels = two_squares(200, seed=31)
+    collapsed = np.concatenate([np.repeat(fresh[fresh_labels == c][:1], (fresh_labels == c).sum(), axis=0)
+                                for c in (0, 1)])  # one image per class, repeated
+    collapsed_labels = np.repeat([0, 1], [(fresh_labels == 0).sum(), (fresh_labels == 1).sum()])
+    same = quality(fresh, fresh_labels, real, classifier_path=classifier_path, real_labels=labels)["div"]
+    mode = quality(collapsed, collapsed_labels, real, classifier_path=classifier_path, real_labels=labels)["div"]
+    assert 0.8 < same < 1.25 and mode < 0.05
