@@ -230,16 +230,22 @@ def control(op: str, timeout: float = 300.0, **kwargs) -> dict:
         s.settimeout(timeout)
         s.connect(path)
         s.sendall(json.dumps({"op": op, **kwargs}).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
+        buf = _read_line(s)
     reply = json.loads(buf or b'{"error": "no reply from the harness"}')
     if "error" in reply:
         raise ClusterTestError(reply["error"])
     return reply
+
+
+def _read_line(s: socket.socket) -> bytes:
+    """One newline-terminated JSON message (both ends of the control socket speak one per line)."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
 
 
 def status() -> dict:
@@ -488,13 +494,7 @@ class Manager:
     def _handle(self, conn: socket.socket) -> None:
         with conn:
             try:
-                buf = b""
-                while not buf.endswith(b"\n"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-                req = json.loads(buf)
+                req = json.loads(_read_line(conn))
                 op = req.pop("op", None)
                 with self.lock:
                     if self.stop_signal is not None:

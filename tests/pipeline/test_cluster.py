@@ -146,3 +146,36 @@ def test_a_real_ray_job_runs_the_shipped_code_not_the_installed_one(tmp_path):
         ray.shutdown()
     assert got == expected and not path.startswith(str(REPO)) and not path.startswith(str(root))
     assert uri == "http://127.0.0.1:1" and not has_data
+
+
+def test_cluster_test_control_socket_one_json_line_each_way(tmp_path, monkeypatch):
+    """`lifelong cluster-test`'s control protocol (what COMMAND asks the harness): one JSON line each way;
+    an error reply is one ClusterTestError."""
+    import json
+    import socket
+    import threading
+
+    from pipeline import clustertest
+
+    path = tmp_path / "control.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def serve(replies):
+        for reply in replies:
+            conn, _ = server.accept()
+            with conn:
+                req = json.loads(clustertest._read_line(conn))
+                conn.sendall(json.dumps(reply(req)).encode() + b"\n")
+
+    thread = threading.Thread(target=serve, args=([lambda r: {"got": r}, lambda r: {"error": "no such node"}],))
+    thread.start()
+    monkeypatch.setenv(clustertest.ENV_CONTROL, str(path))
+    try:
+        assert clustertest.kill_node("w1") == {"got": {"op": "kill-node", "name": "w1", "mode": "raylet"}}
+        with pytest.raises(clustertest.ClusterTestError, match="no such node"):
+            clustertest.status()
+    finally:
+        thread.join(timeout=10)
+        server.close()
