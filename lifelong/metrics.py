@@ -72,3 +72,24 @@ def bwt(matrix: Matrix) -> float | None:
     """
     T = _validate(matrix)
     return _mean([float(matrix[T - 1][j] - matrix[j][j]) for j in range(T - 1)])
+
+
+# Two-sided 95% quantiles of Student's t, t_{0.975, df}, for df = 1..29 (30 seeds at most).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045)
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean of a figure over n independent runs (training seeds) and the half-width of its 95% confidence
+    interval, t_{0.975, n-1} * s / sqrt(n) (s: the sample standard deviation); None when n = 1, where
+    one run says nothing about the spread."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_ci95 of no values")
+    if n - 1 > len(_T975):
+        raise ValueError(f"mean_ci95: at most {len(_T975) + 1} values, got {n}")
+    mean = sum(values) / n
+    if n == 1:
+        return float(mean), None
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return float(mean), float(_T975[n - 2] * s / math.sqrt(n))

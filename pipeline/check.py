@@ -22,8 +22,8 @@ def main() -> int:
     params = load_params()
     lay = layout()
     if write_plan(params, lay.root):
-        print(f"error: {PLAN_FILE} was out of date with params.yaml (data.tasks, image_data.tasks or "
-              f"scenarios.*.runs changed) and has been rewritten; run `dvc repro` again to train the new "
+        print(f"error: {PLAN_FILE} was out of date with params.yaml (data.tasks, image_data.tasks, "
+              f"scenarios.*.runs or eval.seeds changed) and has been rewritten; run `dvc repro` again to train the new "
               "stages (`lifelong repro` does this by itself)", file=sys.stderr)
         return 2
     write_json(lay.checked, {"params.yaml": "valid"})

@@ -172,7 +172,7 @@ def repro(dvc_args: list[str], *, jobs: int | None = None, stage_server: bool = 
         if stage_server:
             session.start_stage_server()
         jobs = jobs or default_jobs(params)
-        chains = [chain_stages(params, scenario, run) for scenario, run in params.runs()]
+        chains = [chain_stages(params, scenario, chain) for scenario, chain in params.chains()]
         if jobs == 1 or dvc_args or len(chains) < 2:
             return session.run(["repro", *dvc_args])  # DVC's own order, one stage at a time
         # Chains share nothing but these stages: run them once, then the chains side by side, each

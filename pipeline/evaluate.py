@@ -1,4 +1,5 @@
-"""Stage `evaluate_<scenario>@<run>`: the task x task quality matrices of one run.
+"""Stage `evaluate_<scenario>@<chain>`: the task x task quality matrices of one chain (a run trained
+with one training seed; the report aggregates a run's chains).
 
 After each task k (the version its train stage registered), for each seen task j <= k, the model
 generates task j:
@@ -29,7 +30,7 @@ import numpy as np
 
 from lifelong.catalog import run_spec
 from pipeline.layout import layout, read_json, run_stage, write_json
-from pipeline.params import load_params
+from pipeline.params import check_chain, load_params, split_chain
 from pipeline.registry import check_model_version, download_model_version, setup_mlflow
 from pipeline.plan import stage_name
 
@@ -40,7 +41,7 @@ IMAGE_MATRIX_KEYS = MATRIX_KEYS + ("l1",)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", required=True, choices=["label", "image"])
-    ap.add_argument("--run", required=True, help="<family>-<method>")
+    ap.add_argument("--run", required=True, help="a chain: <family>-<method>[-seed<i>]")
     args = ap.parse_args(argv)
     import mlflow
     from mlflow import MlflowClient
@@ -49,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params()
     lay = layout()
-    scenario, run = args.scenario, args.run
-    runs = getattr(params.scenarios, scenario).runs
-    if run not in runs:
-        raise SystemExit(f"--run {run!r} is not in params.yaml scenarios.{scenario}.runs {runs}")
+    scenario, chain = args.scenario, args.run
+    check_chain(params, scenario, chain)
+    run, seed_index = split_chain(chain)
+    params = params.with_seed_index(seed_index)  # the chain's seed: its evaluation noise too
     spec = run_spec(run)
     family, method = spec.family, spec.name
     T = params.num_tasks_of(scenario)
@@ -67,21 +68,21 @@ def main(argv: list[str] | None = None) -> int:
         paths = task_shard_paths(shard_dir, j, "test")
         real[j] = read_all(paths) if scenario == "label" else read_all_pairs(paths)
 
-    stage_of = lambda k: stage_name(scenario, run, k)  # noqa: E731
-    receipts = [read_json(lay.receipt(scenario, run, k), what=f"receipt of {scenario}/{run} task {k}",
+    stage_of = lambda k: stage_name(scenario, chain, k)  # noqa: E731
+    receipts = [read_json(lay.receipt(scenario, chain, k), what=f"receipt of {scenario}/{chain} task {k}",
                           fix=f"run `dvc repro {stage_of(k)}`") for k in range(1, T + 1)]
     for k, receipt in enumerate(receipts, start=1):  # a missing version fails here, before any generation
         check_model_version(receipt["model_name"], receipt["version"], stage_hint=stage_of(k))
     t0 = time.time()
     # The matrices: in this process on CPU; with train.use_gpu, as one Ray task on a GPU node of the
     # cluster (the driver of a cluster is typically a head node without one).
-    job = dict(params=params, scenario=scenario, run=run, receipts=receipts, real=real,
+    job = dict(params=params, scenario=scenario, run=chain, receipts=receipts, real=real,
                classifier=lay.classifier.read_bytes(), tracking_uri=mlflow.get_tracking_uri())
     ev = on_gpu_worker(params, job) if params.train.use_gpu else evaluate_run(**job)
     matrix, rows, floor = ev["matrix"], ev["rows"], ev["noise_floor"]
     for k, (receipt, row) in enumerate(zip(receipts, rows), start=1):
         _log(client, receipt["run_id"], row, step=k)  # never reopens the run: its duration stays the task's
-        print(f"[evaluate] {scenario}/{run} after task {k}: FID " +
+        print(f"[evaluate] {scenario}/{chain} after task {k}: FID " +
               " ".join(f"{matrix['fid'][k - 1][j]:.1f}" for j in range(k)), flush=True)
 
     summary = summarize(matrix, floor)
@@ -93,20 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         _log(client, run_id, final)
 
     out = {
-        "scenario": scenario, "run": run, "family": family, "method": method, "matrix": matrix, **summary,
+        "scenario": scenario, "run": run, "chain": chain, "seed": params.seed, "family": family, "method": method,
+        "matrix": matrix, **summary,
         "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in receipts)),
         **ev["counts"], "noise_floor": floor,
         "feature_extractor": params.eval.feature_extractor, "eval_seconds": time.time() - t0,
         "versions": [r["version"] for r in receipts], "model_name": last["model_name"],
     }
-    write_json(lay.eval_result(scenario, run), out)
-    np.savez_compressed(lay.eval_samples(scenario, run), **ev["samples"])
+    write_json(lay.eval_result(scenario, chain), out)
+    np.savez_compressed(lay.eval_samples(scenario, chain), **ev["samples"])
     return 0
 
 
 def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real: dict, classifier: bytes,
                  tracking_uri: str) -> dict:
-    """The task x task matrices of one run: {"matrix", "rows" (the MLflow row of each task k), "samples"
+    """The task x task matrices of one chain (`run`: a run or `<run>-seed<i>`): {"matrix", "rows" (the MLflow row of each task k), "samples"
     (the final grid), "counts" (parameters), "noise_floor" (per task)}. Fetches each task's registered
     version itself, so it runs the same in the stage's process or as a Ray task on any node."""
     import mlflow
@@ -116,7 +118,7 @@ def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real:
     from lifelong.models import load_model, model_config
 
     mlflow.set_tracking_uri(tracking_uri)
-    spec = run_spec(run)
+    spec = run_spec(split_chain(run)[0])
     T = len(receipts)
     device = torch.device("cuda" if params.train.use_gpu and torch.cuda.is_available() else "cpu")
     keys = MATRIX_KEYS if scenario == "label" else IMAGE_MATRIX_KEYS

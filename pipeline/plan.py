@@ -10,7 +10,7 @@ Two facts live here, and nowhere else:
   placement), and so are `storage`, `ray` and `mlflow`: changing it neither re-runs a stage nor loses a checkpoint.
 - the stage plan: DVC cannot compute "task k - 1" inside dvc.yaml, so the train stages of each
   scenario (one per run and task, each naming its predecessor) are listed in `pipeline/stages.yaml`,
-  generated from params.yaml (`scenarios.*.runs`, `data.tasks`, `image_data.tasks`). `lifelong repro`
+  generated from params.yaml (`scenarios.*.runs`, `eval.seeds`, `data.tasks`, `image_data.tasks`). `lifelong repro`
   and `lifelong plan` write it; under plain `dvc repro`, the `check` stage rewrites a stale plan and
   stops with the one-line fix (run `dvc repro` again) before any other stage runs.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from lifelong.catalog import run_spec
-from pipeline.params import SCENARIO_FAMILIES, SCENARIOS, Params
+from pipeline.params import SCENARIO_FAMILIES, SCENARIOS, Params, split_chain
 
 # The keys of a family that change what a train stage produces. `experiment` names the registered
 # model; num_workers and use_gpu change the numbers (batch split across DDP ranks, bf16 autocast).
@@ -41,8 +41,9 @@ OPERATIONAL_KEYS = ("train.cpus_per_worker", "train.placement", "train.local_mod
 PLAN_FILE = "pipeline/stages.yaml"
 _HEADER = """\
 # GENERATED from params.yaml by `lifelong plan` (also run by `lifelong repro`, checked by the `check`
-# stage): the train stages of each scenario, one per run and task, each naming the task it continues
-# from. dvc.yaml iterates over these. Edit data.tasks, image_data.tasks or scenarios.*.runs instead.
+# stage): the train stages of each scenario, one per chain (a run and one of its eval.seeds training
+# seeds) and task, each naming the task it continues from, and the chains. dvc.yaml iterates over these.
+# Edit data.tasks, image_data.tasks, scenarios.*.runs or eval.seeds instead.
 """
 
 
@@ -70,30 +71,36 @@ def result_values(params: Params, run: str) -> dict:
     return out
 
 
-def stage_name(scenario: str, run: str, k: int) -> str:
-    """The DVC stage that trains task k of a run (dvc.yaml: train_<scenario>_<family>@<run>-task<k>)."""
-    return f"train_{scenario}_{run_spec(run).family}@{run}-task{k}"
+def stage_name(scenario: str, chain: str, k: int) -> str:
+    """The DVC stage that trains task k of a chain (a run, or a run's extra training seed `<run>-seed<i>`;
+    dvc.yaml: train_<scenario>_<family>@<chain>-task<k>)."""
+    return f"train_{scenario}_{run_spec(split_chain(chain)[0]).family}@{chain}-task{k}"
 
 
-def chain_stages(params: Params, scenario: str, run: str) -> list[str]:
-    """The DVC stages of one run's chain, in order: its task-0 receipt, each task, its evaluation.
+def chain_stages(params: Params, scenario: str, chain: str) -> list[str]:
+    """The DVC stages of one chain, in order: its task-0 receipt, each task, its evaluation.
     They share nothing with another chain but the stages `check`, `prepare*`, `classifier`, `tuned`."""
-    tasks = [stage_name(scenario, run, k) for k in range(1, params.num_tasks_of(scenario) + 1)]
-    return [f"start_{scenario}@{run}", *tasks, f"evaluate_{scenario}@{run}"]
+    tasks = [stage_name(scenario, chain, k) for k in range(1, params.num_tasks_of(scenario) + 1)]
+    return [f"start_{scenario}@{chain}", *tasks, f"evaluate_{scenario}@{chain}"]
 
 
 def stage_plan(params: Params) -> dict:
-    """{"plan": {scenario: {family: {"<run>-task<k>": {run, task, prev, options}}}}}, the vars of dvc.yaml."""
+    """The vars of dvc.yaml: {"plan": {scenario: {family: {"<chain>-task<k>": {chain, run, task, prev,
+    options}}}}, "chains": {scenario: [chain, ...]}}. A chain is a run trained with one training seed
+    (eval.seeds of them per run); `run` names the tuned file it applies."""
     plan: dict = {}
+    chains: dict = {}
     for scenario in SCENARIOS:
         # every (scenario, family) dvc.yaml iterates over must exist, even when empty
         plan[scenario] = {family: {} for family in SCENARIO_FAMILIES[scenario]}
-        for run in getattr(params.scenarios, scenario).runs:
+        chains[scenario] = [chain for _, chain in params.chains(scenario)]
+        for chain in chains[scenario]:
+            run = split_chain(chain)[0]
             family = run_spec(run).family
             for k in range(1, params.num_tasks_of(scenario) + 1):
-                plan[scenario][family][f"{run}-task{k}"] = {
-                    "run": run, "task": k, "prev": k - 1, "options": method_section(run)}
-    return {"plan": plan}
+                plan[scenario][family][f"{chain}-task{k}"] = {
+                    "chain": chain, "run": run, "task": k, "prev": k - 1, "options": method_section(run)}
+    return {"plan": plan, "chains": chains}
 
 
 def render(params: Params) -> str:

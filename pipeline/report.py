@@ -1,9 +1,11 @@
 """Stage `report`: results/metrics.json (DVC metrics), plots (DVC plots, also logged to MLflow), report.md.
 
-metrics.json is nested by scenario, then run (<family>-<method>), and holds for each exactly:
+metrics.json is nested by scenario, then run (<family>-<method>); a run's figures are the mean over its
+chains (one per training seed, eval.seeds), with `n_seeds` and `ci95` (the half-width of each scalar's 95%
+confidence interval over the seeds; null with one seed). It holds for each run exactly:
 fid_final_mean, kid_final_mean, acc_final_mean, div_final_mean, forgetting_fid_mean, bwt_fid,
 forgetting_acc_mean, bwt_acc, noise_floor_fid, noise_floor_kid, train_seconds, params, params_standalone,
-matrix {fid, kid, acc, div} and noise_floor {fid, kid, n} (per task); the image scenario adds l1_final_mean,
+n_seeds, ci95, matrix {fid, kid, acc, div} (cell means) and noise_floor {fid, kid, n} (per task); the image scenario adds l1_final_mean,
 forgetting_l1_mean and matrix.l1.
 """
 
@@ -13,20 +15,51 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.layout import run_stage, layout, read_json, write_json
-from pipeline.params import load_params
+from pipeline.params import load_params, split_chain
 from pipeline.registry import setup_mlflow
 
 METRIC_KEYS = ("fid_final_mean", "kid_final_mean", "acc_final_mean", "div_final_mean", "forgetting_fid_mean", "bwt_fid",
                "forgetting_acc_mean", "bwt_acc", "noise_floor_fid", "noise_floor_kid",
-               "train_seconds", "params", "params_standalone", "matrix", "noise_floor")
+               "train_seconds", "params", "params_standalone", "n_seeds", "ci95", "matrix", "noise_floor")
 IMAGE_METRIC_KEYS = METRIC_KEYS + ("l1_final_mean", "forgetting_l1_mean")
-SCALARS = [k for k in IMAGE_METRIC_KEYS if k not in ("matrix", "noise_floor")]
+SCALARS = [k for k in IMAGE_METRIC_KEYS if k not in ("matrix", "noise_floor", "n_seeds", "ci95")]
+COUNTS = ("params", "params_standalone")  # the same for every seed
 
 
-def build_metrics(results: dict[str, dict[str, dict]]) -> dict:
-    """{scenario: {run: evaluation}} -> the same nesting with exactly the reported keys."""
-    return {scenario: {run: {key: r[key] for key in (IMAGE_METRIC_KEYS if scenario == "image" else METRIC_KEYS)}
-                       for run, r in runs.items()}
+def aggregate(evaluations: list[dict], keys: tuple[str, ...]) -> dict:
+    """One run's figures from its chains' evaluations (one per training seed): each scalar's mean and
+    95% CI half-width (`ci95`; None with one seed or where a chain has no value), each matrix cell's and
+    each noise-floor entry's mean, and `n_seeds`."""
+    from lifelong.metrics import mean_ci95
+
+    out: dict = {"n_seeds": len(evaluations), "ci95": {}}
+    for key in keys:
+        if key in ("n_seeds", "ci95"):
+            continue
+        values = [e[key] for e in evaluations]
+        if key in COUNTS:
+            out[key] = values[0]
+        elif key in ("matrix", "noise_floor"):
+            out[key] = {name: _mean_nested([v[name] for v in values]) for name in values[0]}
+        else:
+            mean, half = (None, None) if any(v is None for v in values) else mean_ci95(values)
+            out[key] = mean
+            out["ci95"][key] = half
+    return out
+
+
+def _mean_nested(values: list):
+    """The elementwise mean of equally shaped nested lists of numbers; None where any of them is None."""
+    if isinstance(values[0], list):
+        return [_mean_nested(list(parts)) for parts in zip(*values)]
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def build_metrics(results: dict[str, dict[str, list[dict]]]) -> dict:
+    """{scenario: {run: [evaluation of each chain]}} -> {scenario: {run: the run's figures}} with exactly
+    the reported keys (`aggregate`)."""
+    return {scenario: {run: aggregate(evals, IMAGE_METRIC_KEYS if scenario == "image" else METRIC_KEYS)
+                       for run, evals in runs.items()}
             for scenario, runs in results.items()}
 
 
@@ -101,48 +134,58 @@ def within_floor(forgetting: float | None, floor: float | None) -> bool:
 
 
 def report_markdown(nested: dict, feature_extractor: str) -> str:
+    n_seeds = sorted({m["n_seeds"] for runs in nested.values() for m in runs.values()})
+    seeds = " or ".join(map(str, n_seeds))
     lines = [
         "# Continual learning report",
         "",
         f"FID and KID in the features of `{feature_extractor}` (lower is better; KID shown x10^3); acc: the",
         "classifier's accuracy on generated samples (fraction, higher is better); div: their diversity, the mean",
         "pairwise feature distance within a class over the real images' (about 1: as varied as the data; near 0:",
-        "mode collapse). Forgetting: final minus best",
-        "earlier value, mean over tasks 1..T-1 (FID: positive = worse; acc: positive = lost accuracy). BWT:",
-        "final minus just-trained value, mean over tasks 1..T-1 (FID: positive = worse; acc: negative = worse).",
+        "mode collapse). Forgetting: final minus best earlier value, mean over tasks 1..T-1 (FID: positive =",
+        "worse; acc: positive = lost accuracy). BWT: final minus just-trained value, mean over tasks 1..T-1",
+        "(FID: positive = worse; acc: negative = worse).",
         "",
         "**Noise floor**: FID between two disjoint halves of a task's real test images, each the size of the",
         "generated sample (n per task below). Two samples of one distribution differ this much by chance, so a",
         "forgetting figure marked `~` (within the floor) is not evidence of forgetting. Every evaluation row draws",
         "fresh noise, for every method, so forgetting is measured the same way for all of them.",
-        "**n = 1 training seed**: no confidence interval across training runs; treat differences between runs",
-        "that are smaller than the floor as noise.",
+        f"**n = {seeds} training seed(s) per run** (`eval.seeds`): every figure is the mean over them, `± x` the",
+        "half-width of its 95% confidence interval (Student's t). "
+        + ("With one seed there is no interval: treat differences between runs that are smaller than the floor "
+           "as noise." if n_seeds == [1] else "Two runs differ beyond the noise where their intervals do not overlap."),
         "",
         "Params: what serving every task takes after the last one (generator only for GANs); standalone:",
         "one separate model per task, for comparison (Piggyback GAN's claim: on par at fewer parameters).",
     ]
-    fmt = lambda v, p=2: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
-    kid3 = lambda v: None if v is None else 1e3 * v  # noqa: E731
+
+    def fmt(m: dict, key: str, p: int = 2, scale: float = 1.0) -> str:
+        v, half = m[key], m["ci95"].get(key)
+        if v is None:
+            return "n/a"
+        return f"{scale * v:.{p}f}" + ("" if half is None else f" ± {scale * half:.{p}f}")
+
     for scenario, runs in nested.items():
         image = scenario == "image"
         lines += ["", f"## Scenario `{scenario}`" + (" (image-conditioned: A -> B)" if image else
                                                     " (label-conditioned, class-incremental)"), ""]
         floor = next(iter(runs.values()))["noise_floor"]  # the same test images for every run
         lines += ["Noise floor per task: " + ", ".join(
-            f"task {j}: FID {f:.2f}, KID x10^3 {1e3 * kd:.2f} (n = {n})"
+            f"task {j}: FID {f:.2f}, KID x10^3 {1e3 * kd:.2f} (n = {n:.0f})"
             for j, (f, kd, n) in enumerate(zip(floor["fid"], floor["kid"], floor["n"]), start=1)), ""]
-        lines += ["| run | FID final | KID final (x10^3) | acc final | div final | forgetting FID (floor) | BWT FID "
-                  "| forgetting acc | BWT acc |" + (" L1 final | forgetting L1 |" if image else "")
+        lines += ["| run | seeds | FID final | KID final (x10^3) | acc final | div final | forgetting FID (floor) "
+                  "| BWT FID | forgetting acc | BWT acc |" + (" L1 final | forgetting L1 |" if image else "")
                   + " train (s) | params | params standalone |",
-                  "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|"]
         for run, m in runs.items():
             mark = " ~" if within_floor(m["forgetting_fid_mean"], m["noise_floor_fid"]) else ""
-            forgetting = f"{fmt(m['forgetting_fid_mean'])} ({fmt(m['noise_floor_fid'])}){mark}"
-            lines.append(f"| {run} | {fmt(m['fid_final_mean'])} | {fmt(kid3(m['kid_final_mean']))} | "
-                         f"{fmt(m['acc_final_mean'], 3)} | {fmt(m['div_final_mean'])} | {forgetting} | {fmt(m['bwt_fid'])} | "
-                         f"{fmt(m['forgetting_acc_mean'], 3)} | {fmt(m['bwt_acc'], 3)} | "
-                         + (f"{fmt(m['l1_final_mean'], 4)} | {fmt(m['forgetting_l1_mean'], 4)} | " if image else "")
-                         + f"{m['train_seconds']:.0f} | {m['params']:,} | {m['params_standalone']:,} |")
+            floor_fid = "n/a" if m["noise_floor_fid"] is None else f"{m['noise_floor_fid']:.2f}"
+            lines.append(f"| {run} | {m['n_seeds']} | {fmt(m, 'fid_final_mean')} | {fmt(m, 'kid_final_mean', scale=1e3)} | "
+                         f"{fmt(m, 'acc_final_mean', 3)} | {fmt(m, 'div_final_mean')} | "
+                         f"{fmt(m, 'forgetting_fid_mean')} ({floor_fid}){mark} | {fmt(m, 'bwt_fid')} | "
+                         f"{fmt(m, 'forgetting_acc_mean', 3)} | {fmt(m, 'bwt_acc', 3)} | "
+                         + (f"{fmt(m, 'l1_final_mean', 4)} | {fmt(m, 'forgetting_l1_mean', 4)} | " if image else "")
+                         + f"{fmt(m, 'train_seconds', 0)} | {m['params']:,} | {m['params_standalone']:,} |")
     lines += ["", "`~`: forgetting within the noise floor (|forgetting| <= the mean floor of tasks 1..T-1).",
               "Plots: `results/plots/` (`dvc plots show`), also logged to MLflow run `report`.", ""]
     return "\n".join(lines)
@@ -153,19 +196,20 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params()
     lay = layout()
-    results: dict[str, dict[str, dict]] = {}
+    results: dict[str, dict[str, list[dict]]] = {}
     samples = {}
-    for scenario, run in params.runs():
-        results.setdefault(scenario, {})[run] = read_json(
-            lay.eval_result(scenario, run), what=f"evaluation of {scenario}/{run}",
-            fix=f"run `dvc repro evaluate_{scenario}@{run}`")
-        npz = lay.eval_samples(scenario, run)
-        if npz.exists():
+    for scenario, chain in params.chains():
+        run = split_chain(chain)[0]
+        results.setdefault(scenario, {}).setdefault(run, []).append(read_json(
+            lay.eval_result(scenario, chain), what=f"evaluation of {scenario}/{chain}",
+            fix=f"run `dvc repro evaluate_{scenario}@{chain}`"))
+        npz = lay.eval_samples(scenario, chain)
+        if chain == run and npz.exists():  # the grids: the first seed's
             with np.load(npz, allow_pickle=False) as f:
                 samples[f"{scenario}-{run}"] = {k: f[k] for k in f.files}
     metrics = build_metrics(results)
     write_json(lay.metrics, metrics)
-    extractor = next(iter(next(iter(results.values())).values()))["feature_extractor"]
+    extractor = next(iter(next(iter(results.values())).values()))[0]["feature_extractor"]
     written = plot_all(metrics, samples, lay.plots)
     lay.report.write_text(report_markdown(metrics, extractor))
 

@@ -1,4 +1,4 @@
-"""Stage `start_<scenario>@<run>`: the empty "task 0" receipt that task 1's train stage depends on.
+"""Stage `start_<scenario>@<chain>`: the empty "task 0" receipt that task 1's train stage depends on.
 
 DVC chains stages through files; task 1 has no predecessor model, so its predecessor is this file.
 """
@@ -8,18 +8,16 @@ from __future__ import annotations
 import argparse
 
 from pipeline.layout import run_stage, layout, write_json
-from pipeline.params import load_params
+from pipeline.params import check_chain, load_params
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", required=True, choices=["label", "image"])
-    ap.add_argument("--run", required=True, help="<family>-<method>, e.g. gan-lifelong_gan")
+    ap.add_argument("--run", required=True, help="a chain: <family>-<method>[-seed<i>], e.g. gan-lifelong_gan")
     args = ap.parse_args(argv)
     params = load_params()  # validates params.yaml before any stage does real work
-    runs = getattr(params.scenarios, args.scenario).runs
-    if args.run not in runs:
-        raise SystemExit(f"--run {args.run!r} is not in params.yaml scenarios.{args.scenario}.runs {runs}")
+    check_chain(params, args.scenario, args.run)
     write_json(layout().receipt(args.scenario, args.run, 0),
                {"scenario": args.scenario, "run": args.run, "task": 0, "version": None})
     return 0

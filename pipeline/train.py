@@ -1,14 +1,16 @@
-"""Stage `train_<scenario>_<family>@<run>-task<k>`: one Ray Train job for one task of one run, then register the model.
+"""Stage `train_<scenario>_<family>@<chain>-task<k>`: one Ray Train job for one task, then register the model.
 
     python -m pipeline.train --scenario label --run diffusion-generative_distillation --task 3
 
-A run is <family>-<method>. Reads task k's shards and (k >= 2) task k-1's registered model, named by
-the receipt the previous stage wrote; trains with Ray Train; registers the result as a new version
-of `<experiment>-<scenario>-<run>` with alias `task-<k>`; writes the receipt the next stage depends
-on. The receipt is written last, so DVC never records a stage whose model is not registered.
+A run is <family>-<method>; a chain is a run trained with one training seed: the run's own name for
+the first (`seed`), `<run>-seed<i>` for seed + i (eval.seeds chains per run). Reads task k's shards
+and (k >= 2) task k-1's registered model, named by the receipt the previous stage wrote; trains with
+Ray Train; registers the result as a new version of `<experiment>-<scenario>-<chain>` with alias
+`task-<k>`; writes the receipt the next stage depends on. The receipt is written last, so DVC never
+records a stage whose model is not registered.
 
 In MLflow (pipeline/tracking.py) the task is one run, open while it trains and nested under the
-chain's parent run `<scenario>/<run>`; rank 0 logs the losses live. The version is a pyfunc generator
+chain's parent run `<scenario>/<chain>`; rank 0 logs the losses live. The version is a pyfunc generator
 (pipeline/pyfunc_model.py); registering it again after a kill reuses it (pipeline/registry.py).
 """
 
@@ -26,7 +28,7 @@ import mlflow
 
 from lifelong.catalog import run_spec
 from pipeline.layout import Layout, git_commit, layout, read_json, run_stage, write_json
-from pipeline.params import Params, load_params
+from pipeline.params import Params, check_chain, load_params, split_chain
 from pipeline.plan import result_values, stage_name
 from pipeline.registry import check_model_version, failpoint, model_name, register_model_version, setup_mlflow
 from pipeline.task import apply_tuned, budget, checkpoints_kind, final_model, fit, model_config, use_local_mode
@@ -51,13 +53,17 @@ def flat_params(params: Params) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", required=True, choices=["label", "image"])
-    ap.add_argument("--run", required=True, help="<family>-<method>, e.g. gan-lifelong_gan")
+    ap.add_argument("--run", required=True, help="a chain: <family>-<method>[-seed<i>], e.g. gan-lifelong_gan")
     ap.add_argument("--task", type=int, required=True, help="1-based task index")
     args = ap.parse_args(argv)
     t_start = time.time()
     params, lay = load_params(), layout()
-    scenario, run, k = args.scenario, args.run, args.task
-    check_stage_args(params, scenario, run, k)
+    scenario, chain, k = args.scenario, args.run, args.task
+    check_stage_args(params, scenario, chain, k)
+    # A chain is a run trained with one training seed: `<run>-seed<i>` trains with seed + i and is named
+    # after the chain everywhere (receipts, registered model, MLflow runs); the run alone is its method.
+    run, seed_index = split_chain(chain)
+    params = params.with_seed_index(seed_index)
     spec = run_spec(run)
     # train.use_tuned: the `tuned` stage's pick for this run (results/tune/applied/<run>.json) replaces the defaults.
     params, tuned = apply_tuned(params, scenario, run, lay)
@@ -73,19 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     # [2] the previous task's receipt: the exact registered version this task continues from.
     prev_receipt = None
     if k > 1:
-        prev_receipt = read_json(lay.receipt(scenario, run, k - 1), what=f"receipt of task {k - 1}",
-                                 fix=f"run `dvc repro {stage_name(scenario, run, k - 1)}` first")
+        prev_receipt = read_json(lay.receipt(scenario, chain, k - 1), what=f"receipt of task {k - 1}",
+                                 fix=f"run `dvc repro {stage_name(scenario, chain, k - 1)}` first")
 
     # [3] the run directory, keyed by exactly what determines the result (pipeline/plan.py): same
     # inputs -> same directory -> an interrupted task resumes; a changed result key -> a fresh one.
     # Operational keys (logging, checkpoint cadence, storage, workers' placement) are not in the key.
-    chain = {"scenario": scenario, "run": run, "result": result_values(params, run), "tuned": tuned}
-    run_key = _key({**chain, "task": k, "classes": params.task_classes(scenario, k),
+    chain_id = {"scenario": scenario, "run": run, "result": result_values(params, run), "tuned": tuned}
+    run_key = _key({**chain_id, "task": k, "classes": params.task_classes(scenario, k),
                     "num_classes": params.num_classes, "data": data_digest,
                     "prev": prev_receipt and prev_receipt["model_id"]})
     # Checkpoints: Ray Train's on the storage root (<storage.uri>/runs or <repo>/runs), or local mode's
     # own files on this machine (lifelong/training.py).
-    ray_name = f"{params.experiment}-{scenario}-{run}-task{k}-{run_key}"
+    ray_name = f"{params.experiment}-{scenario}-{chain}-task{k}-{run_key}"
     runs_root, checkpoints = lay.runs_root(params), checkpoints_kind(params)
     run_dir = lay.local_runs(params) / ray_name
     if checkpoints == "files":
@@ -93,18 +99,19 @@ def main(argv: list[str] | None = None) -> int:
 
     # [4] the MLflow runs: the chain's parent run and this task's run, open (live) for the whole task.
     tags = {
-        "scenario": scenario, "family": spec.family, "method": spec.name, "run": run, "task": str(k),
+        "scenario": scenario, "family": spec.family, "method": spec.name, "run": run, "chain": chain,
+        "seed": str(params.seed), "task": str(k),
         "classes": json.dumps(params.task_classes(scenario, k)),
         "parent_version": prev_receipt["version"] if prev_receipt else "",
         "data_digest": data_digest, "git_commit": git_commit(lay.root),
-        "dvc_stage": os.environ.get("DVC_STAGE", stage_name(scenario, run, k)),
+        "dvc_stage": os.environ.get("DVC_STAGE", stage_name(scenario, chain, k)),
     }
     from mlflow import MlflowClient
 
-    parent_id = chain_run(MlflowClient(), experiment_id, scenario=scenario, run=run, chain_key=_key(chain),
+    parent_id = chain_run(MlflowClient(), experiment_id, scenario=scenario, run=chain, chain_key=_key(chain_id),
                           params={"scenario": scenario, "run": run, "family": spec.family, "method": spec.name,
                                   "hyper": json.dumps(budget(params, run), sort_keys=True)})
-    with task_run(experiment_id, parent_id=parent_id, run_key=run_key, name=f"task-{k} {scenario}/{run}",
+    with task_run(experiment_id, parent_id=parent_id, run_key=run_key, name=f"task-{k} {scenario}/{chain}",
                   tags=tags) as mlflow_run_id:
         log_lineage(params, lay, scenario, run, k, hyper=budget(params, run), tuned=tuned,
                     run_dir=run_dir if checkpoints == "files" else f"{runs_root}/{ray_name}",
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = None
         if prev_receipt is not None:
             previous = {"name": prev_receipt["model_name"], "version": prev_receipt["version"],
-                        "model_id": prev_receipt["model_id"], "stage_hint": stage_name(scenario, run, k - 1),
+                        "model_id": prev_receipt["model_id"], "stage_hint": stage_name(scenario, chain, k - 1),
                         "tracking_uri": mlflow.get_tracking_uri()}
             check_model_version(previous["name"], previous["version"], stage_hint=previous["stage_hint"])
         from lifelong.training import TaskTrainConfig
@@ -147,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_metrics({"train_seconds": train_seconds, "stage_fit_seconds": fit_seconds})
             t_register = time.time()
             receipt = register_model_version(
-                name=model_name(params, scenario, run), model_file=final, run_id=mlflow_run_id,
+                name=model_name(params, scenario, chain), model_file=final, run_id=mlflow_run_id,
                 experiment_id=experiment_id, alias=f"task-{k}", run_key=run_key, tags=tags,
-                logged_name=f"{run}-task{k}",
+                logged_name=f"{chain}-task{k}",
                 generator={"scenario": scenario, "run": run, "task": k, "classes": params.task_classes(scenario, k),
                            "seed": eval_seed(params.seed, k, k), "batch_size": params.eval.batch_size,
                            "ddim_steps": params.eval.ddim_steps},
@@ -159,17 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     # whose model is not registered.
     failpoint("before_receipt")
     last = curve[max(curve)] if curve else {}
-    receipt.update(scenario=scenario, run=run, family=spec.family, method=spec.name, task=k, data_digest=data_digest,
+    receipt.update(scenario=scenario, run=chain, seed=params.seed, family=spec.family, method=spec.name, task=k,
+                   data_digest=data_digest,
                    train_seconds=train_seconds, classes=params.task_classes(scenario, k),
                    previous_classes=previous_classes, run_key=run_key, parent_run_id=parent_id,
                    timing={"main_started": t_start, "first_step": last.get("first_step_wall"),
                            "last_step": last.get("wall_time"), "registered": time.time()})
-    write_json(lay.receipt(scenario, run, k), receipt)
+    write_json(lay.receipt(scenario, chain, k), receipt)
     # The task is registered: local mode's step files are no longer needed (final.pt stays for a rerun;
     # Ray Train keeps its last checkpoints, CheckpointConfig.num_to_keep).
     for p in Path(cfg.checkpoint_dir).glob("step-*.pt"):
         p.unlink(missing_ok=True)
-    print(f"[train] {scenario}/{run} task {k}: registered {receipt['model_name']} v{receipt['version']} "
+    print(f"[train] {scenario}/{chain} task {k}: registered {receipt['model_name']} v{receipt['version']} "
           f"(alias task-{k}); train {train_seconds:.1f}s, fit {fit_seconds:.1f}s, "
           f"register {time.time() - t_register:.1f}s, stage {time.time() - t_start:.1f}s", flush=True)
     return 0
@@ -179,10 +187,8 @@ def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def check_stage_args(params: Params, scenario: str, run: str, k: int) -> None:
-    runs = getattr(params.scenarios, scenario).runs
-    if run not in runs:
-        raise SystemExit(f"--run {run!r} is not in params.yaml scenarios.{scenario}.runs {runs}")
+def check_stage_args(params: Params, scenario: str, chain: str, k: int) -> None:
+    check_chain(params, scenario, chain)
     T = params.num_tasks_of(scenario)
     if not 1 <= k <= T:
         raise SystemExit(f"--task {k} is out of range: the {scenario} scenario has {T} tasks (1..{T})")

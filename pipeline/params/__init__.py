@@ -32,6 +32,31 @@ class ParamsError(ValueError):
     """params.yaml is invalid; the message names every bad key path."""
 
 
+SEED_SUFFIX = "-seed"
+
+
+def chain_name(run: str, i: int) -> str:
+    """The chain of `run` trained with seed index i: the run's own name for i = 0 (so a single-seed
+    experiment names everything as before), `<run>-seed<i>` otherwise."""
+    return run if i == 0 else f"{run}{SEED_SUFFIX}{i}"
+
+
+def split_chain(chain: str) -> tuple[str, int]:
+    """`chain_name`'s inverse: (run, seed index)."""
+    run, sep, index = chain.rpartition(SEED_SUFFIX)
+    if sep and index.isdigit() and int(index) > 0:
+        return run, int(index)
+    return chain, 0
+
+
+def check_chain(params: "Params", scenario: str, chain: str) -> None:
+    """A stage's --run: one of the scenario's chains (its runs, and `<run>-seed<i>` for i < eval.seeds)."""
+    chains = [c for _, c in params.chains(scenario)]
+    if chain not in chains:
+        raise SystemExit(f"--run {chain!r} is not a chain of params.yaml scenarios.{scenario}.runs "
+                         f"{getattr(params.scenarios, scenario).runs} with eval.seeds {params.eval.seeds}: {chains}")
+
+
 def run_errors(scenario: str, runs: list[str]) -> list[str]:
     where = f"scenarios.{scenario}.runs"
     errors = []
@@ -91,6 +116,16 @@ class Params(_Section):
     def runs(self) -> list[tuple[str, str]]:
         """Every (scenario, run) pair `dvc repro` trains, in params order."""
         return [(sc, run) for sc in SCENARIOS for run in getattr(self.scenarios, sc).runs]
+
+    def chains(self, scenario: str | None = None) -> list[tuple[str, str]]:
+        """Every (scenario, chain) `dvc repro` trains: each run once per training seed (`eval.seeds`),
+        named `chain_name(run, i)`; in params order, a run's seeds together."""
+        return [(sc, chain_name(run, i)) for sc, run in self.runs() if scenario in (None, sc)
+                for i in range(self.eval.seeds)]
+
+    def with_seed_index(self, i: int) -> "Params":
+        """These params for the chain of training seed index i: `seed` is `seed + i`."""
+        return self.model_copy(update={"seed": self.seed + i})
 
     def task_classes(self, scenario: str, task: int) -> list[int]:
         """Classes of task `task` (1-based); pix2pix tasks have none."""
@@ -161,7 +196,8 @@ def repo_root() -> Path:
 __all__ = [
     "CATALOG", "ClassifierParams", "DataParams", "DistillParams", "EvalParams", "GANParams", "ImageDataParams",
     "ImageTaskParams", "LifelongGANParams", "MlflowParams", "ModelParams", "Params", "ParamsError",
-    "PiggybackGANParams", "RayParams", "SCENARIOS", "StorageParams", "SCENARIO_FAMILIES", "ScenarioParams", "ScenariosParams",
+    "PiggybackGANParams", "RayParams", "SEED_SUFFIX", "chain_name", "check_chain", "split_chain", "SCENARIOS", "StorageParams",
+    "SCENARIO_FAMILIES", "ScenarioParams", "ScenariosParams",
     "SpaceParam", "TASKS_KEY", "TUNABLE", "TrainParams", "TuneParams", "UNTUNABLE_RUNS", "load_params",
     "parse_params", "read_raw", "repo_root", "run_errors", "split_run", "tunable_for", "tune_run",
     "tune_space_errors", "with_values",

@@ -162,6 +162,9 @@ class DistillParams(_Section):
 
 
 class EvalParams(_Section):
+    # training seeds per run: chain i (0-based) trains every task with `seed + i`; the report gives the
+    # mean and a 95% confidence interval over them (t distribution). Chain 0 keeps the run's own names.
+    seeds: int = Field(1, ge=1, le=20)
     samples_per_class: int = Field(100, gt=1)
     ddim_steps: int = Field(10, ge=1)
     feature_extractor: Literal["lifelong-cnn", "inception-v3-compat"] = "lifelong-cnn"

@@ -55,3 +55,14 @@ def test_rejects_malformed_matrices(bad):
     for fn in (final_mean, forgetting, forgetting_mean, bwt):
         with pytest.raises(ValueError):
             fn(bad)
+
+
+def test_mean_ci95_is_the_t_interval_and_none_for_one_value():
+    from lifelong.metrics import mean_ci95
+
+    assert mean_ci95([3.0]) == (3.0, None)
+    mean, half = mean_ci95([1.0, 2.0, 3.0])  # s = 1, t_{0.975, 2} = 4.303
+    assert mean == 2.0 and abs(half - 4.303 / 3 ** 0.5) < 1e-9
+    assert mean_ci95([5.0, 5.0]) == (5.0, 0.0)
+    with pytest.raises(ValueError):
+        mean_ci95([])

@@ -79,12 +79,35 @@ def test_the_plan_follows_data_tasks_alone(raw):
     plan = stage_plan(parse_params(raw))["plan"]
     label = plan["label"]["gan"]
     assert [k for k in label if k.startswith("gan-lifelong_gan")] == [f"gan-lifelong_gan-task{k}" for k in (1, 2, 3)]
-    assert label["gan-lifelong_gan-task3"] == {"run": "gan-lifelong_gan", "task": 3, "prev": 2,
-                                               "options": "lifelong_gan"}
+    assert label["gan-lifelong_gan-task3"] == {"chain": "gan-lifelong_gan", "run": "gan-lifelong_gan", "task": 3,
+                                               "prev": 2, "options": "lifelong_gan"}
     assert plan["label"]["diffusion"]["diffusion-finetune-task1"]["options"] == "model"
     assert len(plan["image"]["gan"]) == 5 * 4  # image_data.tasks unchanged
     raw["scenarios"]["image"]["runs"] = []
     assert parse_params(raw) and stage_plan(parse_params(raw))["plan"]["image"] == {"gan": {}}
+
+
+def test_each_training_seed_is_a_chain_of_its_own_named_after_the_run(raw):
+    from pipeline.params import chain_name, split_chain
+    from pipeline.plan import chain_stages, stage_name
+
+    raw["data"]["tasks"] = [[0, 1], [2, 3]]
+    raw["scenarios"] = {"label": {"runs": ["gan-lifelong_gan"]}, "image": {"runs": []}}
+    raw["eval"]["seeds"] = 3
+    params = parse_params(raw)
+    plan = stage_plan(params)
+    assert plan["chains"] == {"label": ["gan-lifelong_gan", "gan-lifelong_gan-seed1", "gan-lifelong_gan-seed2"],
+                              "image": []}
+    assert plan["plan"]["label"]["gan"]["gan-lifelong_gan-seed2-task2"] == {
+        "chain": "gan-lifelong_gan-seed2", "run": "gan-lifelong_gan", "task": 2, "prev": 1, "options": "lifelong_gan"}
+    assert len(plan["plan"]["label"]["gan"]) == 3 * 2
+    assert [split_chain(c) for c in plan["chains"]["label"]] == [("gan-lifelong_gan", i) for i in range(3)]
+    assert chain_name("gan-lifelong_gan", 0) == "gan-lifelong_gan" and split_chain("diffusion-joint") == ("diffusion-joint", 0)
+    assert stage_name("label", "gan-lifelong_gan-seed1", 2) == "train_label_gan@gan-lifelong_gan-seed1-task2"
+    assert chain_stages(params, "label", "gan-lifelong_gan-seed1")[0] == "start_label@gan-lifelong_gan-seed1"
+    # the chain of seed index i trains with seed + i, and so is keyed apart from the others
+    assert params.with_seed_index(2).seed == params.seed + 2
+    assert result_values(params.with_seed_index(1), "gan-lifelong_gan") != result_values(params, "gan-lifelong_gan")
 
 
 def test_the_committed_plan_is_current(raw):

@@ -27,18 +27,22 @@ def test_summary_has_accuracy_forgetting_bwt_and_the_floor_of_the_forgetting_tas
     assert one["noise_floor_fid"] is None and one["forgetting_acc_mean"] is None and one["acc_final_mean"] is None
 
 
+def _evaluation(fid_matrix, seed=0, train_seconds=12.0):
+    s = summarize({"fid": fid_matrix, "kid": KID, "acc": ACC, "div": DIV}, FLOOR)
+    return {**s, "matrix": {"fid": fid_matrix, "kid": KID, "acc": ACC, "div": DIV}, "noise_floor": FLOOR,
+            "train_seconds": train_seconds, "params": 1000, "params_standalone": 3000, "seed": seed}
+
+
+STEADY = [[40.0, None, None], [41.0, 30.0, None], [42.0, 31.0, 35.0]]  # forgetting 1.5 < floor 4
+
+
 def test_report_marks_forgetting_within_the_floor_and_says_the_units():
     assert within_floor(3.9, 4.0) and within_floor(-3.9, 4.0) and not within_floor(4.1, 4.0)
     assert not within_floor(None, 4.0) and not within_floor(1.0, None)
 
-    def evaluation(fid_matrix):
-        s = summarize({"fid": fid_matrix, "kid": KID, "acc": ACC, "div": DIV}, FLOOR)
-        return {**s, "matrix": {"fid": fid_matrix, "kid": KID, "acc": ACC, "div": DIV}, "noise_floor": FLOOR,
-                "train_seconds": 12.0, "params": 1000, "params_standalone": 3000}
-
-    steady = [[40.0, None, None], [41.0, 30.0, None], [42.0, 31.0, 35.0]]  # forgetting 1.5 < floor 4
-    nested = build_metrics({"label": {"gan-forgets": evaluation(FID), "gan-steady": evaluation(steady)}})
+    nested = build_metrics({"label": {"gan-forgets": [_evaluation(FID)], "gan-steady": [_evaluation(STEADY)]}})
     assert set(nested["label"]["gan-steady"]) == set(METRIC_KEYS)
+    assert nested["label"]["gan-steady"]["n_seeds"] == 1 and nested["label"]["gan-steady"]["ci95"]["fid_final_mean"] is None
     text = report_markdown(nested, "lifelong-cnn")
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| gan-")}
     assert "| 0.60 | 6.00 (4.00) |" in rows["gan-forgets"]  # div final, then forgetting (floor)
@@ -46,4 +50,19 @@ def test_report_marks_forgetting_within_the_floor_and_says_the_units():
     assert "KID final (x10^3)" in text and "| 16.00 |" in rows["gan-steady"]  # mean final KID 0.016 -> 16.00
     assert "forgetting acc" in text and "BWT acc" in text and "train (s)" in text
     assert "task 1: FID 5.00, KID x10^3 1.00 (n = 200)" in text
-    assert "n = 1 training seed" in text
+    assert "n = 1 training seed(s) per run" in text and "±" not in "".join(rows.values())
+
+
+def test_a_runs_seeds_are_averaged_with_a_95_percent_interval():
+    worse = [[v if v is None else v + 2.0 for v in row] for row in STEADY]
+    nested = build_metrics({"label": {"gan-steady": [_evaluation(STEADY, 0, 10.0), _evaluation(worse, 1, 14.0)]}})
+    m = nested["label"]["gan-steady"]
+    assert m["n_seeds"] == 2 and m["params"] == 1000
+    assert m["fid_final_mean"] == pytest.approx((36.0 + 38.0) / 2)  # seed means 36 and 38
+    assert m["ci95"]["fid_final_mean"] == pytest.approx(12.706 * 2 ** 0.5 / 2 ** 0.5)  # s = sqrt(2), n = 2
+    assert m["train_seconds"] == pytest.approx(12.0) and m["ci95"]["train_seconds"] == pytest.approx(12.706 * 2)
+    assert m["matrix"]["fid"][2] == [43.0, 32.0, 36.0] and m["matrix"]["fid"][0][1] is None
+    assert m["noise_floor"]["fid"] == FLOOR["fid"]
+    text = report_markdown(nested, "lifelong-cnn")
+    assert "| gan-steady | 2 | 37.00 ± 12.71 |" in text
+    assert "n = 2 training seed(s) per run" in text and "intervals do not overlap" in text
