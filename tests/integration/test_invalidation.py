@@ -106,6 +106,17 @@ def test_change_one_thing_reruns_only_what_it_touches(clone):
     for r in LABEL_RUNS:
         assert len(_versions(client, f"it-label-{r}")) == (4 if r == "gan-lifelong_gan" else 2)
 
+    # eval.seeds: a second training seed adds each run's `-seed1` chain and changes nothing already run
+    # (the evaluation stages depend on every eval key but this one).
+    _edit(repo, lambda p: p["eval"].update(seeds=2))
+    run([str(BIN / "lifelong"), "plan"], repo)
+    stale = _stale(repo)
+    chains = {f"{r}-seed1" for r in LABEL_RUNS}
+    assert stale == {"check", "report"} | {f"start_label@{c}" for c in chains} | {f"evaluate_label@{c}" for c in chains} \
+        | {f"train_label_{c.split('-')[0]}@{c}-task{k}" for c in chains for k in (1, 2)}, stale
+    (repo / "params.yaml").write_text(clean)
+    run([str(BIN / "lifelong"), "plan"], repo)
+
     # data.tasks is the only edit that changes the task sequence: `lifelong repro` re-plans the stages
     # (here with a target, so it runs only `check` and `prepare`: task 3's stages are then due).
     _edit(repo, lambda p: p["data"].update(tasks=[[3, 2], [1], [0]]))
