@@ -53,8 +53,9 @@ def check_chain(params: "Params", scenario: str, chain: str) -> None:
     """A stage's --run: one of the scenario's chains (its runs, and `<run>-seed<i>` for i < eval.seeds)."""
     chains = [c for _, c in params.chains(scenario)]
     if chain not in chains:
-        raise SystemExit(f"--run {chain!r} is not a chain of params.yaml scenarios.{scenario}.runs "
-                         f"{getattr(params.scenarios, scenario).runs} with eval.seeds {params.eval.seeds}: {chains}")
+        runs = getattr(params.scenarios, scenario).runs
+        seeds = f" (with eval.seeds {params.eval.seeds}, its chains are {chains})" if params.eval.seeds > 1 else ""
+        raise SystemExit(f"--run {chain!r} is not in params.yaml scenarios.{scenario}.runs {runs}{seeds}")
 
 
 def run_errors(scenario: str, runs: list[str]) -> list[str]:
