@@ -54,7 +54,7 @@ def test_gan_methods_in_both_scenarios(clone):
     assert set(metrics["label"]) == set(LABEL_RUNS) and set(metrics["image"]) == set(IMAGE_RUNS)
     for scenario, runs in metrics.items():
         for name, m in runs.items():
-            keys = {"fid", "kid", "acc"} | ({"l1"} if scenario == "image" else set())
+            keys = {"fid", "kid", "acc", "div"} | ({"l1"} if scenario == "image" else set())
             assert set(m["matrix"]) == keys
             for key in keys:
                 mat = m["matrix"][key]

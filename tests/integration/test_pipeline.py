@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 METRIC_KEYS = {"fid_final_mean", "kid_final_mean", "acc_final_mean", "div_final_mean", "forgetting_fid_mean", "bwt_fid",
                "forgetting_acc_mean", "bwt_acc", "noise_floor_fid", "noise_floor_kid", "noise_floor", "train_seconds",
-               "params", "params_standalone", "matrix"}
+               "params", "params_standalone", "n_seeds", "ci95", "matrix"}
 
 
 def _client(repo):
@@ -88,6 +88,7 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone, tmp_path):
     assert set(metrics["label"]) == {"diffusion-finetune", "diffusion-generative_distillation"}
     for m in metrics["label"].values():
         assert set(m) == METRIC_KEYS
+        assert m["n_seeds"] == 1 and all(v is None for v in m["ci95"].values())  # one seed: no interval
         for key in ("fid", "kid", "acc", "div"):
             mat = m["matrix"][key]
             assert mat[0][1] is None and all(v is not None for v in (mat[0][0], mat[1][0], mat[1][1]))

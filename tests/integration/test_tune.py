@@ -45,7 +45,8 @@ def test_tiny_search_asha_mlflow_and_use_tuned(tmp_path):
     (repo / "tune").mkdir()
     shutil.copy(REPO / "tune" / "dvc.yaml", repo / "tune" / "dvc.yaml")
     dvc = str(BIN / "dvc")
-    run([dvc, "repro", f"{STAGE}-task1"], repo)  # check, prepare, tuned ({} per run), one train stage
+    # check, prepare, tuned ({} per run), one train stage: forked warm from `lifelong repro`'s stage server
+    run([str(BIN / "lifelong"), "repro", f"{STAGE}-task1"], repo)
     assert json.loads((repo / f"results/tune/applied/diffusion-{METHOD}.json").read_text()) == {}
     stale_before = _stale(repo)
     assert f"{STAGE}-task1" not in stale_before
@@ -87,21 +88,16 @@ def test_tiny_search_asha_mlflow_and_use_tuned(tmp_path):
     assert trains(_stale(repo)) == trains(stale_before)
     assert "tune/dvc.yaml:tune" not in _stale(repo)
 
-    # use_tuned true: `tuned` picks the best config, the train stage re-runs with it.
+    # use_tuned true: `tuned` picks the best config; only the tuned run's file changes, so only its train
+    # stage is stale. (Training with it, and the run's logged params: the GAN search test below.)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["use_tuned"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run([dvc, "repro", "tuned"], repo)  # only the tuned run's file changes: its (run) train stage is stale now
+    run([dvc, "repro", "tuned"], repo)
     assert trains(_stale(repo)) - trains(stale_before) == {f"{STAGE}-task1"}
-    run([dvc, "repro", f"{STAGE}-task1"], repo)
     applied = json.loads((repo / f"results/tune/applied/diffusion-{METHOD}.json").read_text())
     assert json.loads((repo / "results/tune/applied/diffusion-finetune.json").read_text()) == {}
     assert applied["method"] == METHOD and applied["config"] == best["config"]
-    receipt = json.loads((repo / f"results/receipts/label/diffusion-{METHOD}/task-1.json").read_text())
-    run_params = client.get_run(receipt["run_id"]).data.params
-    assert run_params["tuned"] == "True"
-    assert float(run_params["distill.weight"]) == pytest.approx(best["config"]["distill.weight"])
-    assert float(run_params["train.lr"]) == pytest.approx(best["config"]["train.lr"])
 
 
 def test_use_tuned_without_a_search_fails_clearly(tmp_path):
@@ -130,7 +126,6 @@ def test_gan_search_on_an_s3_root_piggyback_filter_ratio_and_use_tuned(tmp_path,
     repo = make_clone(tmp_path / "repo", params)
     (repo / "tune").mkdir()
     shutil.copy(REPO / "tune" / "dvc.yaml", repo / "tune" / "dvc.yaml")
-    dvc = str(BIN / "dvc")
     # The search and what it needs (check, prepare, classifier), forked warm from `lifelong repro`'s stage
     # server (the plain `dvc repro tune/dvc.yaml` of a search is the test above)
     run([str(BIN / "lifelong"), "repro", "tune/dvc.yaml"], repo, env=env)
@@ -161,7 +156,7 @@ def test_gan_search_on_an_s3_root_piggyback_filter_ratio_and_use_tuned(tmp_path,
 
     params["train"]["use_tuned"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run([dvc, "repro", stage], repo, env=env)
+    run([str(BIN / "lifelong"), "repro", stage], repo, env=env)
     applied = json.loads((repo / f"results/tune/applied/{run_name}.json").read_text())
     assert applied["run"] == run_name and applied["config"] == result["best"]["config"]
     receipt = json.loads((repo / f"results/receipts/label/{run_name}/task-1.json").read_text())
