@@ -46,7 +46,9 @@ def select(params: Params, lay: Layout) -> dict[str, dict]:
 
 def write_applied(params: Params, lay: Layout) -> None:
     """The `tuned` stage's output: results/tune/applied/<run>.json per label run. Unchanged files are
-    left untouched, so only the tuned run's train stages see a changed dependency."""
+    left untouched, so only the tuned run's train stages see a changed dependency. The folder is DVC's
+    declared output, so it exists even when the label scenario has no runs."""
+    lay.applied_dir.mkdir(parents=True, exist_ok=True)
     for run, values in select(params, lay).items():
         write_json(lay.applied(run), values)
     for stale in lay.applied_dir.glob("*.json"):

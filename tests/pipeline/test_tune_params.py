@@ -145,3 +145,15 @@ def test_train_stage_applies_the_tuned_config_to_its_own_label_run_only(raw, tmp
     after = {p.name: p.read_bytes() for p in lay.applied_dir.iterdir()}
     changed = {name for name in before if before[name] != after[name]}
     assert changed == {"gan-lifelong_gan.json", "gan-piggyback_gan.json"}
+
+
+def test_tuned_stage_writes_its_output_folder_with_the_label_scenario_off(raw, tmp_path):
+    """`scenarios.label.runs: []` (an image-only run): the `tuned` stage still leaves its declared
+    output, an empty results/tune/applied, so `dvc repro` does not fail on a missing output."""
+    from pipeline.layout import Layout
+    from pipeline.tune import write_applied
+
+    raw["scenarios"]["label"]["runs"] = []
+    lay = Layout(tmp_path)
+    write_applied(parse_params(raw), lay)
+    assert lay.applied_dir.is_dir() and list(lay.applied_dir.iterdir()) == []
