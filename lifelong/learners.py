@@ -4,7 +4,9 @@ start and teacher), one optimisation step, resumable state, and the model file i
 Both build their method as `make_method(cfg.method, model_cfg, generator_seed=..., **cfg.options)`
 and need no Ray outside a Ray Train run: a unit test builds one from a TaskTrainConfig and calls `step`.
 
-- `DiffusionLearner`: one network, one Adam, DDP through `ray.train.torch.prepare_model` (under Ray).
+- `DiffusionLearner`: one network, one Adam, DDP through `ray.train.torch.prepare_model` (under Ray),
+  optionally an exponential moving average of its weights (`ema_decay` > 0): the EMA is what the task
+  exports, so it is what is evaluated, registered, and the next task's start and teacher.
 - `GANLearner`: several networks (G, D; BicycleGAN adds E and D2), one Adam per network (BicycleGAN's
   optimizer_G/E/D/D2). Each loss key trains the nets its method names in `LOSS_TARGETS`, e.g.
   loss_g -> G and E, loss_d -> D and D2. Not DDP-wrapped (several forwards per net and step, and the
@@ -39,6 +41,9 @@ class DiffusionLearner:
         self.model = dist.prepare_model(model, device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.grad_clip = cfg.grad_clip
+        self.ema_decay = cfg.ema_decay
+        # theta_ema <- decay * theta_ema + (1 - decay) * theta after every step; starts at the task's init
+        self.ema = copy.deepcopy(model).requires_grad_(False) if self.ema_decay > 0 else None
         self.method = make_method(cfg.method, self.model_cfg, generator_seed=_generator_seed(cfg, rank), **cfg.options)
         self.method.before_task(task, teacher if self.method.needs_teacher else None)
         self.model.train()
@@ -51,24 +56,39 @@ class DiffusionLearner:
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for p_ema, p in zip(self.ema.parameters(), dist.unwrap(self.model).parameters()):
+                    p_ema.lerp_(p, 1.0 - self.ema_decay)
         return parts
 
     def state_dict(self) -> dict:
-        return {"model": dist.unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict()}
+        state = {"model": dist.unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         dist.unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ValueError("this checkpoint has no EMA weights (it was written with train.ema_decay: 0); "
+                                 "resume with the same train.ema_decay, or start the task afresh")
+            self.ema.load_state_dict(state["ema"])
+
+    def _exported_net(self) -> nn.Module:
+        return self.ema if self.ema is not None else dist.unwrap(self.model)
 
     def export(self) -> dict:
         from lifelong.models.diffusion import save_state
 
         self.method.after_task()
-        return save_state(dist.unwrap(self.model).cpu(), self.model_cfg)
+        return save_state(self._exported_net().cpu(), self.model_cfg)
 
     def eval_model(self) -> tuple[nn.Module, object]:
-        """The bare network and its config, for the search objective."""
-        return dist.unwrap(self.model), self.model_cfg
+        """The bare network (the EMA when on) and its config, for the search objective."""
+        return self._exported_net(), self.model_cfg
 
 
 class GANLearner:

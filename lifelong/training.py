@@ -52,6 +52,7 @@ class TaskTrainConfig:
     batch_size: int = 64  # global; each worker takes batch_size // world_size
     lr: float = 2e-3
     grad_clip: float = 1.0
+    ema_decay: float = 0.0  # diffusion: > 0 exports an EMA of the weights (learners.DiffusionLearner)
     checkpoint_every: int = 100
     log_every: int = 50
     seed: int = 0

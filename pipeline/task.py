@@ -38,6 +38,8 @@ def model_config(params: Params, scenario: str, family: str) -> dict:
         layers_per_block=params.model.layers_per_block,
         attention=params.model.attention,
         num_train_timesteps=params.model.num_train_timesteps,
+        label_dropout=params.model.label_dropout,
+        guidance_scale=params.model.guidance_scale,
     ).to_dict()
 
 
@@ -47,7 +49,10 @@ def budget(params: Params, run: str) -> dict:
     spec = run_spec(run)
     b = params.train if spec.family == "diffusion" else params.gan
     options = getattr(params, spec.options).model_dump() if spec.options else {}
-    return {"steps": b.steps_per_task, "batch_size": b.batch_size, "lr": b.lr, "options": options}
+    out = {"steps": b.steps_per_task, "batch_size": b.batch_size, "lr": b.lr, "options": options}
+    if spec.family == "diffusion":
+        out["ema_decay"] = params.train.ema_decay
+    return out
 
 
 def apply_tuned(params: Params, scenario: str, run: str, lay) -> tuple[Params, dict]:

@@ -13,4 +13,4 @@ class DiffusionMethod(Method):
     def __init__(self, cfg: DiffusionConfig, *, generator_seed: int = 0) -> None:
         super().__init__(cfg, generator_seed=generator_seed)
         self.scheduler = make_ddpm_scheduler(cfg)  # forward process q(x_t | x_0) for noising
-        self.data_loss = DataLoss(self.scheduler)
+        self.data_loss = DataLoss(self.scheduler, cfg)

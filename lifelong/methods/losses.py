@@ -8,6 +8,8 @@ import torch
 from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
+from lifelong.models.diffusion import DiffusionConfig, drop_labels
+
 
 @dataclass(frozen=True)
 class NoisedBatch:
@@ -33,11 +35,13 @@ def eps_mse(target: Tensor, eps_pred: Tensor) -> Tensor:
 
 
 class DataLoss:
-    """L_data = || eps - eps_theta(x_t, t, y) ||^2  (Ho et al. 2020, eq. 14, class-conditional)."""
+    """L_data = || eps - eps_theta(x_t, t, y) ||^2  (Ho et al. 2020, eq. 14, class-conditional), with y
+    replaced by the null label at rate p_uncond when the model is trained for classifier-free guidance."""
 
-    def __init__(self, scheduler: DDPMScheduler) -> None:
+    def __init__(self, scheduler: DDPMScheduler, cfg: DiffusionConfig) -> None:
         self.scheduler = scheduler
+        self.cfg = cfg
 
     def __call__(self, net: nn.Module, x0: Tensor, y: Tensor) -> Tensor:
         q = forward_diffuse(self.scheduler, x0)
-        return eps_mse(q.eps, net(q.x_t, q.t, y))
+        return eps_mse(q.eps, net(q.x_t, q.t, drop_labels(y, self.cfg)))

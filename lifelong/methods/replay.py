@@ -3,7 +3,9 @@
 For task n >= 2, each step:
   x^, y^ ~ teacher via DDIM (S steps, eta = 0), y^ ~ U(previous classes)
   x^_t   = sqrt(abar_t) x^ + sqrt(1 - abar_t) eps,  t ~ U[0, T)
-  L_replay = || target - eps_theta(x^_t, t, y^) ||^2
+  L_replay = || target - eps_theta(x^_t, t, y^) ||^2   (y^ dropped to the null label at rate p_uncond
+             for a model trained for classifier-free guidance, in the target too: its unconditional
+             eps is remembered like the conditional one)
   loss   = (1/n) L_data + (1 - 1/n) * lambda * L_replay
 The two methods differ only in `replay_target`: the true noise eps (GR) or eps_teacher(x^_t, t, y^) (GD).
 """
@@ -15,7 +17,7 @@ from torch import Tensor, nn
 
 from lifelong.methods.diffusion import DiffusionMethod
 from lifelong.methods.losses import NoisedBatch, eps_mse, forward_diffuse
-from lifelong.models.diffusion import DiffusionConfig, ddim_sample
+from lifelong.models.diffusion import DiffusionConfig, ddim_sample, drop_labels
 
 
 def sample_replay(
@@ -79,7 +81,7 @@ class ReplayMethod(DiffusionMethod):
             self.teacher, self.task.previous_classes, x0.shape[0], self.cfg, self.replay_ddim_steps, self.generator
         )
         q = forward_diffuse(self.scheduler, x_hat.to(x0))  # x^_t, t, eps; a new batch, x0 is untouched
-        y_hat = y_hat.to(y.device)
+        y_hat = drop_labels(y_hat.to(y.device), self.cfg)
         l_replay = eps_mse(self.replay_target(q, y_hat), model(q.x_t, q.t, y_hat))
         loss = (1 / n) * l_data + (1 - 1 / n) * self.weight * l_replay
         return {"loss": loss, "loss_data": l_data.detach(), "loss_replay": l_replay.detach()}

@@ -3,6 +3,11 @@
 The network (`ConditionalUNet`, a thin wrapper over diffusers' `UNet2DModel`) is kept separate from
 the noise schedule (`DDPMScheduler` for training, `DDIMScheduler` for sampling), as in diffusers.
 Replay during training and evaluation both sample through `ddim_sample`.
+
+Classifier-free guidance (Ho & Salimans 2022), on when `label_dropout` > 0: training replaces a share
+p_uncond of the labels by a null label (index `num_classes`, one extra class-embedding row), so the same
+network learns eps_theta(x_t, t, y) and eps_theta(x_t, t, null); sampling then follows
+  eps~ = (1 + w) eps_theta(x_t, t, y) - w eps_theta(x_t, t, null),   w = guidance_scale.
 Data convention: images in [-1, 1], shape (B, C, H, W); labels are LongTensors of shape (B,).
 """
 
@@ -29,6 +34,8 @@ class DiffusionConfig:
     num_train_timesteps: int = 1000  # T of the forward process
     beta_start: float = 1e-4  # linear beta schedule, Ho et al. (2020)
     beta_end: float = 0.02
+    label_dropout: float = 0.0  # p_uncond: share of training labels replaced by the null label (0: no null label)
+    guidance_scale: float = 0.0  # w of classifier-free guidance in every sampler (evaluation, replay); needs label_dropout > 0
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
@@ -42,6 +49,18 @@ class DiffusionConfig:
             )
         if not 0.0 < self.beta_start < self.beta_end < 1.0:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        if self.guidance_scale < 0.0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.guidance_scale > 0.0 and self.label_dropout == 0.0:
+            raise ValueError("guidance_scale > 0 needs label_dropout > 0: without it the network never learns the "
+                             "unconditional eps_theta(x_t, t, null) that guidance subtracts")
+
+    @property
+    def null_label(self) -> int | None:
+        """The label index of 'no label' (classifier-free guidance), None when the model has none."""
+        return self.num_classes if self.label_dropout > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,7 +107,8 @@ def build_unet(cfg: DiffusionConfig) -> ConditionalUNet:
         down_block_types=("DownBlock2D",) * (levels - 1) + (lowest_down,),
         up_block_types=(lowest_up,) + ("UpBlock2D",) * (levels - 1),
         norm_num_groups=_norm_groups(cfg.block_out_channels),
-        num_class_embeds=cfg.num_classes,  # class embedding added to the time embedding
+        # class embedding added to the time embedding; one more row for the null label of guidance
+        num_class_embeds=cfg.num_classes + (cfg.null_label is not None),
     )
     return ConditionalUNet(unet)
 
@@ -125,6 +145,25 @@ def _param(model: nn.Module) -> Tensor:
     return next(model.parameters())
 
 
+def drop_labels(y: Tensor, cfg: DiffusionConfig) -> Tensor:
+    """Classifier-free guidance's training-time label dropout: each label becomes the null label with
+    probability p_uncond (global torch RNG, like the forward process's noise). Identity when p_uncond = 0."""
+    if cfg.null_label is None:
+        return y
+    return torch.where(torch.rand(y.shape, device=y.device) < cfg.label_dropout, cfg.null_label, y)
+
+
+def guided_eps(model: nn.Module, x_t: Tensor, t: Tensor, y: Tensor, cfg: DiffusionConfig) -> Tensor:
+    """eps~ = (1 + w) eps_theta(x_t, t, y) - w eps_theta(x_t, t, null); plain eps_theta(x_t, t, y) when w = 0.
+    The conditional and unconditional halves go through the network as one batch."""
+    w = cfg.guidance_scale
+    if w == 0.0:
+        return model(x_t, t, y)
+    null = torch.full_like(y, cfg.null_label)
+    eps_y, eps_null = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+    return (1.0 + w) * eps_y - w * eps_null
+
+
 @torch.no_grad()
 def ddim_sample(
     model: nn.Module,
@@ -134,7 +173,8 @@ def ddim_sample(
     num_steps: int,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """DDIM (eta = 0) from x_T ~ N(0, I); returns images in [-1, 1], (N, C, H, W) on model's device.
+    """DDIM (eta = 0) from x_T ~ N(0, I), with cfg's classifier-free guidance; returns images in [-1, 1],
+    (N, C, H, W) on model's device.
 
     The generator only draws x_T (eta = 0 is deterministic); it may live on the CPU for a GPU model.
     """
@@ -147,7 +187,7 @@ def ddim_sample(
     x = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # x_T: (N, C, H, W)
     for t in sched.timesteps:
         t_batch = torch.full((y.shape[0],), int(t), device=device, dtype=torch.long)
-        eps = model(x, t_batch, y)
+        eps = guided_eps(model, x, t_batch, y, cfg)
         x = sched.step(eps, t, x, eta=0.0).prev_sample.to(dtype)
     return x.clamp(-1.0, 1.0)
 

@@ -58,11 +58,16 @@ def check_chain(params: "Params", scenario: str, chain: str) -> None:
         raise SystemExit(f"--run {chain!r} is not in params.yaml scenarios.{scenario}.runs {runs}{seeds}")
 
 
+def all_runs(scenario: str) -> list[str]:
+    """Every run that applies to a scenario, in catalog order: what `scenarios.<s>.runs: all` means."""
+    return [f"{f}-{m}" for f in SCENARIO_FAMILIES[scenario] for m in CATALOG[f]]
+
+
 def run_errors(scenario: str, runs: list[str]) -> list[str]:
     where = f"scenarios.{scenario}.runs"
     errors = []
     families = SCENARIO_FAMILIES[scenario]
-    allowed = [f"{f}-{m}" for f in families for m in CATALOG[f]]
+    allowed = all_runs(scenario)
     for run in runs:
         family, method = split_run(run)
         if family not in CATALOG or method not in CATALOG[family]:
@@ -93,6 +98,17 @@ class Params(_Section):
     ray: RayParams = RayParams()
     mlflow: MlflowParams = MlflowParams()
     tune: TuneParams = TuneParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_all_runs(cls, data):
+        """`scenarios.<s>.runs: all`: every run that applies to the scenario (the full method matrix)."""
+        scenarios = data.get("scenarios") if isinstance(data, dict) else None
+        if not isinstance(scenarios, dict):
+            return data
+        expanded = {sc: ({**value, "runs": all_runs(sc)} if isinstance(value, dict) and value.get("runs") == "all"
+                         else value) for sc, value in scenarios.items()}
+        return {**data, "scenarios": expanded}
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":

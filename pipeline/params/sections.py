@@ -122,6 +122,16 @@ class ModelParams(_Section):
     layers_per_block: int = Field(1, ge=1)
     attention: bool = False  # self-attention on the lowest resolution (paper: yes; CPU default: no)
     num_train_timesteps: int = Field(1000, gt=1)  # DDPM T
+    # classifier-free guidance (Ho & Salimans 2022): p_uncond and w (0, 0: plain class-conditional sampling)
+    label_dropout: float = Field(0.0, ge=0, lt=1)
+    guidance_scale: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _guidance_needs_null_label(self) -> "ModelParams":
+        if self.guidance_scale > 0 and self.label_dropout == 0:
+            raise ValueError("guidance_scale > 0 needs label_dropout > 0 (e.g. 0.1): the network learns the "
+                             "unconditional prediction guidance subtracts only from dropped labels")
+        return self
 
     @field_validator("block_out_channels")
     @classmethod
@@ -136,6 +146,7 @@ class TrainParams(_Section):
     batch_size: int = Field(64, gt=0)  # global batch; each worker gets batch_size // num_workers
     lr: float = Field(2e-3, gt=0)
     grad_clip: float = Field(1.0, gt=0)  # the paper clips at 1.0
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # diffusion: export an EMA of the weights (0: the raw weights)
     num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP when >= 2)
     cpus_per_worker: int = Field(1, ge=1)  # CPUs per Ray Train worker actor; Ray sets its torch threads to this
     # How Ray places the workers (ScalingConfig.placement_strategy): PACK fills a node first, SPREAD and
@@ -209,7 +220,8 @@ class MlflowParams(_Section):
 
 class ScenarioParams(_Section):
     # "<family>-<method>" pairs this scenario trains, e.g. diffusion-generative_distillation,
-    # gan-lifelong_gan; [] switches the scenario off. Its tasks are data.tasks / image_data.tasks.
+    # gan-lifelong_gan; [] switches the scenario off; `all`: every run that applies (the full method
+    # matrix). Its tasks are data.tasks / image_data.tasks.
     runs: list[str] = []
 
 

@@ -166,3 +166,31 @@ def test_a_learner_rejects_an_option_its_method_does_not_have(tmp_path):
     cfg.options = {**cfg.options, "weight": 1.0}  # distill's knob, not lifelong_gan's
     with pytest.raises(TypeError, match="weight"):
         _learner(cfg)
+
+
+def test_diffusion_ema_is_what_the_task_exports_and_resumes(tmp_path):
+    """ema_decay > 0: theta_ema <- d theta_ema + (1 - d) theta after each step, recomputed by hand; the
+    exported model (registered, evaluated, the next task's start) is the EMA; a resume restores it."""
+    decay = 0.9
+    cfg = _config(tmp_path, "diffusion", "finetune", DIFFUSION, 1, ema_decay=decay)
+    learner = _learner(cfg)
+    expected = _snapshot(learner.model)  # the EMA starts at the task's initial weights
+    torch.manual_seed(0)
+    for seed in range(3):
+        learner.step(_batch(cfg, seed), NO_AUTOCAST)
+        for name, p in learner.model.named_parameters():
+            expected[name] = decay * expected[name] + (1 - decay) * p.detach()
+    for name, p in learner.ema.named_parameters():
+        torch.testing.assert_close(p, expected[name], rtol=1e-5, atol=1e-6)
+    assert _changed(_snapshot(learner.ema), learner.model)  # the EMA lags the raw weights
+
+    torch.save(learner.state_dict(), tmp_path / "step.pt")
+    resumed = _learner(cfg)
+    resumed.load_state_dict(torch.load(tmp_path / "step.pt", weights_only=True))
+    _assert_same(learner.ema.state_dict(), resumed.ema)
+    without_ema = _learner(_config(tmp_path, "diffusion", "finetune", DIFFUSION, 1)).state_dict()
+    with pytest.raises(ValueError, match="no EMA weights"):
+        resumed.load_state_dict(without_ema)
+
+    exported = load_model(torch.load(_export(learner, tmp_path / "task1.pt"), weights_only=True))
+    _assert_same(learner.ema.state_dict(), exported)

@@ -139,3 +139,34 @@ def test_gradients_reach_the_student_only_and_batch_is_untouched(cls):
     assert not out["loss_data"].requires_grad and not out["loss_replay"].requires_grad
     assert torch.equal(x0, x0_before) and torch.equal(y, y_before)
     assert method.after_task() == {} and method.teacher is None
+
+
+def test_gd_with_guidance_drops_replay_labels_in_target_and_student_alike():
+    """With classifier-free guidance, L_data and L_replay see the null label at rate p_uncond, and the
+    teacher's target uses the same (dropped) labels as the student, so its unconditional eps is kept too."""
+    from lifelong.models.diffusion import drop_labels
+
+    cfg = DiffusionConfig(**{**CFG.to_dict(), "label_dropout": 0.5, "guidance_scale": 1.0})
+    torch.manual_seed(0)
+    student = build_unet(cfg)
+    torch.manual_seed(1)
+    teacher = build_unet(cfg)
+    x0, y = _batch()
+    method = GenerativeDistillation(cfg, weight=1.0, replay_ddim_steps=2, generator_seed=11)
+    method.before_task(TASK3, teacher)
+    torch.manual_seed(99)
+    out = method.loss(student, {"x0": x0, "y": y})
+
+    sched = make_ddpm_scheduler(cfg)
+    torch.manual_seed(99)
+    with torch.no_grad():
+        q = forward_diffuse(sched, x0)
+        y_in = drop_labels(y, cfg)
+        l_data = eps_mse(q.eps, student(q.x_t, q.t, y_in))
+        x_hat, y_hat = sample_replay(teacher, TASK3.previous_classes, 4, cfg, 2, torch.Generator().manual_seed(11))
+        qr = forward_diffuse(sched, x_hat)
+        y_hat = drop_labels(y_hat, cfg)
+        l_replay = eps_mse(teacher(qr.x_t, qr.t, y_hat), student(qr.x_t, qr.t, y_hat))
+    assert out["loss_data"].item() == pytest.approx(l_data.item(), rel=1e-5)
+    assert out["loss_replay"].item() == pytest.approx(l_replay.item(), rel=1e-5)
+    assert bool((y_in == cfg.null_label).any() or (y_hat == cfg.null_label).any())  # this seed drops some labels

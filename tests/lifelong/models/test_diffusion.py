@@ -97,3 +97,62 @@ def test_checkpoint_round_trip_with_weights_only():
     x_t, t, y = torch.randn(2, 1, 8, 8), torch.tensor([5, 500]), torch.tensor([0, 3])
     with torch.no_grad():
         assert torch.equal(model(x_t, t, y), restored(x_t, t, y))
+
+
+# --- classifier-free guidance ------------------------------------------------------------------------
+CFG = DiffusionConfig(image_size_px=8, in_channels=1, num_classes=4, block_out_channels=(8, 16),
+                      label_dropout=0.5, guidance_scale=2.0)
+
+
+def test_guidance_adds_one_null_row_to_the_class_embedding():
+    assert CFG.null_label == 4 and TINY.null_label is None
+    assert _model(CFG).unet.class_embedding.num_embeddings == 5
+    assert _model(TINY).unet.class_embedding.num_embeddings == 4
+
+
+def test_guided_eps_is_the_papers_combination():
+    from lifelong.models.diffusion import guided_eps
+
+    model = _model(CFG).eval()
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([5, 500, 999]), torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        eps_y, eps_null = model(x, t, y), model(x, t, torch.full_like(y, 4))
+        got = guided_eps(model, x, t, y, CFG)
+    torch.testing.assert_close(got, 3.0 * eps_y - 2.0 * eps_null, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, eps_y)  # the guidance changes the prediction
+    plain = DiffusionConfig(**{**CFG.to_dict(), "guidance_scale": 0.0})
+    torch.testing.assert_close(guided_eps(model, x, t, y, plain), eps_y)
+
+
+def test_drop_labels_uses_the_null_label_at_rate_p_uncond():
+    from lifelong.models.diffusion import drop_labels
+
+    torch.manual_seed(0)
+    y = torch.randint(0, 4, (20_000,))
+    dropped = drop_labels(y, CFG)
+    null = dropped == 4
+    assert abs(float(null.float().mean()) - 0.5) < 0.02
+    assert torch.equal(dropped[~null], y[~null])
+    assert torch.equal(drop_labels(y, TINY), y)  # no guidance: labels untouched
+
+
+def test_guidance_without_label_dropout_is_one_clear_error():
+    with pytest.raises(ValueError, match="needs label_dropout > 0"):
+        DiffusionConfig(guidance_scale=1.0)
+    with pytest.raises(ValueError, match="label_dropout"):
+        DiffusionConfig(label_dropout=1.0)
+
+
+def test_a_checkpoint_without_guidance_keys_still_loads():
+    d = save_state(_model(TINY), TINY)
+    for key in ("label_dropout", "guidance_scale"):
+        d["config"].pop(key)
+    assert load_state(d).unet.class_embedding.num_embeddings == 4
+
+
+def test_guided_ddim_sample_runs_both_halves_in_one_batch():
+    calls = []
+    model = _model(CFG).eval()
+    model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    ddim_sample(model, torch.tensor([0, 1, 3]), cfg=CFG, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert calls == [6, 6]
