@@ -120,6 +120,14 @@ class Params(_Section):
             errors.append(f"data.image_size_px: the GAN runs need a power of two (8, 16, 32, ... 256), got {size}")
         if not self.runs():
             errors.append("scenarios: no scenario has runs; give e.g. scenarios.label.runs: [diffusion-finetune]")
+        if self.scenarios.image.runs:  # the classifier (FID features, accuracy) learns data.tasks' classes only
+            known = {c for classes in self.data.tasks for c in classes}
+            for i, task in enumerate(self.image_data.tasks):
+                unknown = sorted(set(task.classes or []) - known)
+                if unknown:
+                    errors.append(f"image_data.tasks[{i}].classes: class(es) {unknown} of task {task.name!r} are not in "
+                                  f"data.tasks, so the classifier that measures the image scenario never learns them; "
+                                  f"add them to data.tasks or drop them from the task")
         errors += tune_space_errors(self.tune)
         if self.tune.tasks > len(self.data.tasks):
             errors.append(f"tune.tasks: ({self.tune.tasks}) must be <= the {len(self.data.tasks)} tasks of data.tasks")

@@ -99,6 +99,7 @@ def test_out_of_range_class_is_reported_by_prepare_not_silently_dropped(raw, tmp
     # Classes beyond the dataset are only knowable with the data: prepare names them (see test_prepare).
     bad = copy.deepcopy(raw)
     bad["data"]["tasks"] = [[0, 1], [2, 12]]
+    bad["scenarios"]["image"] = {"runs": []}  # its tasks' classes would be missing from data.tasks (own test)
     assert parse_params(bad).num_classes == 13
 
 
@@ -113,3 +114,13 @@ def test_a_scenario_with_no_runs_is_off(raw):
 def test_gpu_profiles_are_valid(profile):
     p = load_params(profile)
     assert p.train.use_gpu and p.runs()
+
+
+def test_image_task_classes_the_classifier_never_learns_are_one_error(raw):
+    """The classifier is trained on data.tasks' classes; an image task of other classes used to train every
+    image run and then fail in evaluation."""
+    raw["data"]["tasks"] = [[0, 1], [2, 3], [4, 5]]
+    err = _error(raw)
+    assert "image_data.tasks[0].classes" in err and "[7, 9]" in err and "data.tasks" in err
+    raw["scenarios"]["image"] = {"runs": []}  # no image runs: nothing to measure
+    assert parse_params(raw).num_classes == 6

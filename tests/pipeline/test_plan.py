@@ -76,6 +76,7 @@ def test_budget_passes_the_method_knobs_under_their_params_names(raw):
 
 def test_the_plan_follows_data_tasks_alone(raw):
     raw["data"]["tasks"] = [[9, 8, 7], [6, 5], [4, 3, 2, 1, 0]]
+    raw["scenarios"] = {"label": {"runs": "all"}, "image": {"runs": "all"}}  # the full method matrix
     plan = stage_plan(parse_params(raw))["plan"]
     label = plan["label"]["gan"]
     assert [k for k in label if k.startswith("gan-lifelong_gan")] == [f"gan-lifelong_gan-task{k}" for k in (1, 2, 3)]
