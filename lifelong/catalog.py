@@ -37,6 +37,8 @@ CATALOG: dict[str, dict[str, MethodSpec]] = {
         "joint": MethodSpec("diffusion", "joint", trains_on_seen_tasks=True),
         "generative_replay": MethodSpec("diffusion", "generative_replay", options="distill"),
         "generative_distillation": MethodSpec("diffusion", "generative_distillation", options="distill"),
+        "intermediate_distillation": MethodSpec("diffusion", "intermediate_distillation", options="distill"),
+        "piggyback": MethodSpec("diffusion", "piggyback", options="piggyback", old_task_weights="task_filters"),
     },
     "gan": {
         "finetune": MethodSpec("gan", "finetune"),

@@ -6,7 +6,8 @@ and need no Ray outside a Ray Train run: a unit test builds one from a TaskTrain
 
 - `DiffusionLearner`: one network, one Adam, DDP through `ray.train.torch.prepare_model` (under Ray),
   optionally an exponential moving average of its weights (`ema_decay` > 0): the EMA is what the task
-  exports, so it is what is evaluated, registered, and the next task's start and teacher.
+  exports, so it is what is evaluated, registered, and the next task's start and teacher. It counts the
+  teacher's forward passes per step (`teacher_passes`), the replay methods' cost.
 - `GANLearner`: several networks (G, D; BicycleGAN adds E and D2), one Adam per network (BicycleGAN's
   optimizer_G/E/D/D2). Each loss key trains the nets its method names in `LOSS_TARGETS`, e.g.
   loss_g -> G and E, loss_d -> D and D2. Not DDP-wrapped (several forwards per net and step, and the
@@ -27,7 +28,7 @@ from lifelong.methods.base import TaskInfo
 class DiffusionLearner:
     def __init__(self, cfg, task: TaskInfo, device: torch.device, rank: int) -> None:
         from lifelong.methods import make_method
-        from lifelong.models import load_model
+        from lifelong.models import load_model, piggyback
         from lifelong.models.diffusion import DiffusionConfig, build_unet
 
         self.model_cfg = DiffusionConfig.from_dict(cfg.model_config)
@@ -36,17 +37,29 @@ class DiffusionLearner:
         teacher = None
         if cfg.init_state is not None:
             previous = load_model(torch.load(cfg.init_state, map_location="cpu", weights_only=True))
-            model.load_state_dict(previous.state_dict())  # every method continues from task k-1's weights
+            if piggyback.is_piggyback(previous):  # a filter bank: its structure, not build_unet's
+                model = copy.deepcopy(previous)
+            else:
+                model.load_state_dict(previous.state_dict())  # every method continues from task k-1's weights
             teacher = previous.to(device).eval().requires_grad_(False)  # frozen; never DDP-wrapped
+        # the method is built on self.model_cfg: piggyback records its filter bank there for the export
+        self.method = make_method(cfg.method, self.model_cfg, generator_seed=_generator_seed(cfg, rank), **cfg.options)
+        model = self.method.prepare(model, task)  # piggyback: this task's filters; the rest: the same network
         self.model = dist.prepare_model(model, device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.Adam(_trainable(model), lr=cfg.lr)
         self.grad_clip = cfg.grad_clip
         self.ema_decay = cfg.ema_decay
         # theta_ema <- decay * theta_ema + (1 - decay) * theta after every step; starts at the task's init
         self.ema = copy.deepcopy(model).requires_grad_(False) if self.ema_decay > 0 else None
-        self.method = make_method(cfg.method, self.model_cfg, generator_seed=_generator_seed(cfg, rank), **cfg.options)
+        # the teacher's cost, measured: rows it computes, in units of the batch (teacher_passes per step)
+        self.teacher_rows, self.batch_rows = 0, 0
+        if teacher is not None and self.method.needs_teacher:
+            teacher.register_forward_hook(self._count_teacher_rows)
         self.method.before_task(task, teacher if self.method.needs_teacher else None)
         self.model.train()
+
+    def _count_teacher_rows(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        self.teacher_rows += int(args[0].shape[0])
 
     def step(self, batch: tuple[Tensor, ...], autocast) -> dict[str, Tensor]:
         x0, y = batch
@@ -56,6 +69,10 @@ class DiffusionLearner:
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
+        self.batch_rows += int(x0.shape[0])
+        # the teacher's forward passes per step so far, in units of this rank's batch: GD with S DDIM
+        # steps pays S (2S with guidance) + 1, fine-tuning 0
+        parts["teacher_passes"] = torch.tensor(self.teacher_rows / self.batch_rows)
         if self.ema is not None:
             with torch.no_grad():
                 for p_ema, p in zip(self.ema.parameters(), dist.unwrap(self.model).parameters()):

@@ -77,24 +77,26 @@ def measure(model: torch.nn.Module, model_cfg, spec: dict, real: list[np.ndarray
 
 @torch.no_grad()
 def _generate_task(model, model_cfg, j: int, classes: list[int], spec: dict, device) -> tuple[np.ndarray, np.ndarray]:
-    from lifelong.evaluation.generate import gan_generate_per_class, generate_per_class
+    from lifelong.evaluation.generate import banked_net, gan_generate_per_class, generate_per_class, weights_for_task
+    from lifelong.models import piggyback
     from lifelong.models.gan import GANConfig
 
-    per_class, seed = int(spec["samples_per_class"]), int(spec.get("seed", 0)) * 100 + j
-    if not isinstance(model_cfg, GANConfig):
-        return generate_per_class(model, classes, per_class=per_class, cfg=model_cfg,
-                                  steps=int(spec["ddim_steps"]), seed=seed, device=device)
-    if model_cfg.condition != "label":
+    gan = isinstance(model_cfg, GANConfig)
+    if gan and model_cfg.condition != "label":
         raise ValueError("the search objective measures label-conditioned GANs only (it generates per class)")
-    from lifelong.evaluation.generate import weights_for_task
-    from lifelong.models import piggyback
+    per_class, seed = int(spec["samples_per_class"]), int(spec.get("seed", 0)) * 100 + j
 
-    G = model["G"]
-    if not piggyback.is_piggyback(G):
-        return gan_generate_per_class(model, classes, per_class=per_class, seed=seed, device=device)
-    current = piggyback.active_task(G)
-    try:  # task j's generator: U_j, M_j over the bank F_j, as the evaluation stage generates it
-        net = weights_for_task("task_filters", {current: model}, current, j)
-        return gan_generate_per_class(net, classes, per_class=per_class, seed=seed, device=device)
+    def per_class_samples(net):
+        if gan:
+            return gan_generate_per_class(net, classes, per_class=per_class, seed=seed, device=device)
+        return generate_per_class(net, classes, per_class=per_class, cfg=model_cfg,
+                                  steps=int(spec["ddim_steps"]), seed=seed, device=device)
+
+    bank = banked_net(model)
+    if not piggyback.is_piggyback(bank):
+        return per_class_samples(model)
+    current = piggyback.active_task(bank)
+    try:  # task j's network: U_j, M_j over the bank F_j, as the evaluation stage generates it
+        return per_class_samples(weights_for_task("task_filters", {current: model}, current, j))
     finally:
-        piggyback.set_task(G, current)
+        piggyback.set_task(bank, current)

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenario": scenario, "run": run, "chain": chain, "seed": params.seed, "family": family, "method": method,
         "matrix": matrix, **summary,
         "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in receipts)),
+        "teacher_passes": teacher_passes(receipts),
         **ev["counts"], "noise_floor": floor,
         "feature_extractor": params.eval.feature_extractor, "eval_seconds": time.time() - t0,
         "versions": [r["version"] for r in receipts], "model_name": last["model_name"],
@@ -228,6 +229,15 @@ def parameter_counts(model_per_task: bool, final_model, num_tasks: int) -> dict:
     single = int(sum(p.numel() for p in net.parameters()))
     total = num_tasks * single if model_per_task else single
     return {"params": total, "params_standalone": num_tasks * single}
+
+
+def teacher_passes(receipts: list[dict]) -> float | None:
+    """The teacher's forward passes per training step (in batches), mean over tasks 2..T (task 1 has no
+    teacher); None for a family whose learner does not count them (GANs) or a one-task run."""
+    values = [r.get("teacher_passes") for r in receipts[1:]]
+    if not values or any(v is None for v in values):
+        return None
+    return float(np.mean(values))
 
 
 def summarize(matrix: dict, floor: dict) -> dict:

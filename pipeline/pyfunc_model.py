@@ -40,9 +40,10 @@ class LifelongGenerator(mlflow.pyfunc.PythonModel):
         self.family, self.cfg = model_family(state), model_config(state)
         self.net = load_model(state).eval()
         if getattr(self.cfg, "piggyback_tasks", 0):  # the filter bank computes the alias's task
+            from lifelong.evaluation.generate import banked_net
             from lifelong.models import piggyback
 
-            piggyback.set_task(self.net["G"], self.spec["task"])
+            piggyback.set_task(banked_net(self.net), self.spec["task"])
 
     def predict(self, context, model_input, params: dict | None = None) -> np.ndarray:
         import torch

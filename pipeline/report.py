@@ -4,7 +4,8 @@ metrics.json is nested by scenario, then run (<family>-<method>); a run's figure
 chains (one per training seed, eval.seeds), with `n_seeds` and `ci95` (the half-width of each scalar's 95%
 confidence interval over the seeds; null with one seed). It holds for each run exactly:
 fid_final_mean, kid_final_mean, acc_final_mean, div_final_mean, forgetting_fid_mean, bwt_fid,
-forgetting_acc_mean, bwt_acc, noise_floor_fid, noise_floor_kid, train_seconds, params, params_standalone,
+forgetting_acc_mean, bwt_acc, noise_floor_fid, noise_floor_kid, train_seconds, teacher_passes (diffusion:
+the teacher's forward passes per training step, in batches, over tasks 2..T), params, params_standalone,
 n_seeds, ci95, matrix {fid, kid, acc, div} (cell means) and noise_floor {fid, kid, n} (per task); the image scenario adds l1_final_mean,
 forgetting_l1_mean and matrix.l1.
 """
@@ -20,7 +21,7 @@ from pipeline.registry import setup_mlflow
 
 METRIC_KEYS = ("fid_final_mean", "kid_final_mean", "acc_final_mean", "div_final_mean", "forgetting_fid_mean", "bwt_fid",
                "forgetting_acc_mean", "bwt_acc", "noise_floor_fid", "noise_floor_kid",
-               "train_seconds", "params", "params_standalone", "n_seeds", "ci95", "matrix", "noise_floor")
+               "train_seconds", "teacher_passes", "params", "params_standalone", "n_seeds", "ci95", "matrix", "noise_floor")
 IMAGE_METRIC_KEYS = METRIC_KEYS + ("l1_final_mean", "forgetting_l1_mean")
 SCALARS = [k for k in IMAGE_METRIC_KEYS if k not in ("matrix", "noise_floor", "n_seeds", "ci95")]
 COUNTS = ("params", "params_standalone")  # the same for every seed
@@ -36,7 +37,7 @@ def aggregate(evaluations: list[dict], keys: tuple[str, ...]) -> dict:
     for key in keys:
         if key in ("n_seeds", "ci95"):
             continue
-        values = [e[key] for e in evaluations]
+        values = [e.get(key) for e in evaluations]  # a key newer than an evaluation file: None
         if key in COUNTS:
             out[key] = values[0]
         elif key in ("matrix", "noise_floor"):
@@ -175,8 +176,8 @@ def report_markdown(nested: dict, feature_extractor: str) -> str:
             for j, (f, kd, n) in enumerate(zip(floor["fid"], floor["kid"], floor["n"]), start=1)), ""]
         lines += ["| run | seeds | FID final | KID final (x10^3) | acc final | div final | forgetting FID (floor) "
                   "| BWT FID | forgetting acc | BWT acc |" + (" L1 final | forgetting L1 |" if image else "")
-                  + " train (s) | params | params standalone |",
-                  "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|"]
+                  + " train (s) | teacher passes/step | params | params standalone |",
+                  "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|---|"]
         for run, m in runs.items():
             mark = " ~" if within_floor(m["forgetting_fid_mean"], m["noise_floor_fid"]) else ""
             floor_fid = "n/a" if m["noise_floor_fid"] is None else f"{m['noise_floor_fid']:.2f}"
@@ -185,8 +186,11 @@ def report_markdown(nested: dict, feature_extractor: str) -> str:
                          f"{fmt(m, 'forgetting_fid_mean')} ({floor_fid}){mark} | {fmt(m, 'bwt_fid')} | "
                          f"{fmt(m, 'forgetting_acc_mean', 3)} | {fmt(m, 'bwt_acc', 3)} | "
                          + (f"{fmt(m, 'l1_final_mean', 4)} | {fmt(m, 'forgetting_l1_mean', 4)} | " if image else "")
-                         + f"{fmt(m, 'train_seconds', 0)} | {m['params']:,} | {m['params_standalone']:,} |")
+                         + f"{fmt(m, 'train_seconds', 0)} | {fmt(m, 'teacher_passes', 2)} | {m['params']:,} | "
+                         f"{m['params_standalone']:,} |")
     lines += ["", "`~`: forgetting within the noise floor (|forgetting| <= the mean floor of tasks 1..T-1).",
+              "Teacher passes/step: the previous model's forward passes per training step in units of the batch, "
+              "mean over tasks 2..T (diffusion; GD with S DDIM steps: S, 2S with guidance, + 1), the replay's cost.",
               "Plots: `results/plots/` (`dvc plots show`), also logged to MLflow run `report`.", ""]
     return "\n".join(lines)
 

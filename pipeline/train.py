@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     last = curve[max(curve)] if curve else {}
     receipt.update(scenario=scenario, run=chain, seed=params.seed, family=spec.family, method=spec.name, task=k,
                    data_digest=data_digest,
-                   train_seconds=train_seconds, classes=params.task_classes(scenario, k),
+                   train_seconds=train_seconds, teacher_passes=last.get("teacher_passes"),
+                   classes=params.task_classes(scenario, k),
                    previous_classes=previous_classes, run_key=run_key, parent_run_id=parent_id,
                    timing={"main_started": t_start, "first_step": last.get("first_step_wall"),
                            "last_step": last.get("wall_time"), "registered": time.time()})

@@ -72,18 +72,25 @@ def gan_translate(nets, conditions: np.ndarray, *, seed: int, batch_size: int = 
     return _gan_batches(nets.eval(), len(a), batch_size, seed, device, lambda i, j: {"a": a[i:j]})
 
 
+def banked_net(model):
+    """The network that holds a piggyback filter bank, if the method made one: a GAN's generator (its
+    E and D are ordinary), or the diffusion UNet itself."""
+    return model["G"] if hasattr(model, "generator_side") else model
+
+
 def weights_for_task(old_task_weights: str, models: dict, k: int, j: int):
     """The weights that generate old task j after task k, by the method's `old_task_weights`
     (lifelong.catalog): "final_model" -> the task-k model; "own_model" -> task j's own model
-    (standalone); "task_filters" -> the task-k piggyback generator switched to task j's filters,
-    rebuilt exactly from U_j, M_j and the bank F_j (switch back with `piggyback.set_task`)."""
+    (standalone); "task_filters" -> the task-k piggyback network (GAN generator or diffusion UNet)
+    switched to task j's filters, rebuilt exactly from U_j, M_j and the bank F_j (switch back with
+    `piggyback.set_task`)."""
     if old_task_weights == "own_model":
         return models[j]
     net = models[k]
     if old_task_weights == "task_filters":
         from lifelong.models import piggyback
 
-        piggyback.set_task(net["G"], j)
+        piggyback.set_task(banked_net(net), j)
     elif old_task_weights != "final_model":
         raise ValueError(f"unknown old_task_weights {old_task_weights!r}; see lifelong.catalog.MethodSpec")
     return net

@@ -13,10 +13,12 @@ from typing import Any
 from lifelong.catalog import method_spec
 from lifelong.methods.base import Method, TaskInfo
 from lifelong.methods.diffusion import DiffusionMethod
+from lifelong.methods.diffusion_piggyback import DiffusionPiggyback
 from lifelong.methods.finetune import FineTune
 from lifelong.methods.gan import GANFineTune, GANJoint, GANMethod, GANStandalone
 from lifelong.methods.generative_distillation import GenerativeDistillation
 from lifelong.methods.generative_replay import GenerativeReplay
+from lifelong.methods.intermediate_distillation import IntermediateDistillation
 from lifelong.methods.joint import Joint
 from lifelong.methods.lifelong_gan import LifelongGAN
 from lifelong.methods.piggyback_gan import PiggybackGAN
@@ -27,6 +29,8 @@ METHODS: dict[str, dict[str, type[Method]]] = {
         "joint": Joint,
         "generative_replay": GenerativeReplay,
         "generative_distillation": GenerativeDistillation,
+        "intermediate_distillation": IntermediateDistillation,
+        "piggyback": DiffusionPiggyback,
     },
     "gan": {
         "finetune": GANFineTune,
@@ -64,6 +68,7 @@ def make_method(name: str, cfg: Any, **kwargs: Any) -> Method:
 __all__ = [
     "METHODS",
     "DiffusionMethod",
+    "DiffusionPiggyback",
     "FineTune",
     "GANFineTune",
     "GANJoint",
@@ -71,6 +76,7 @@ __all__ = [
     "GANStandalone",
     "GenerativeDistillation",
     "GenerativeReplay",
+    "IntermediateDistillation",
     "Joint",
     "LifelongGAN",
     "Method",

@@ -4,7 +4,9 @@ the forward process q(x_t | x_0) every diffusion loss noises with.
 
 from __future__ import annotations
 
-from lifelong.methods.base import Method
+from torch import nn
+
+from lifelong.methods.base import Method, TaskInfo
 from lifelong.methods.losses import DataLoss
 from lifelong.models.diffusion import DiffusionConfig, make_ddpm_scheduler
 
@@ -14,3 +16,8 @@ class DiffusionMethod(Method):
         super().__init__(cfg, generator_seed=generator_seed)
         self.scheduler = make_ddpm_scheduler(cfg)  # forward process q(x_t | x_0) for noising
         self.data_loss = DataLoss(self.scheduler, cfg)
+
+    def prepare(self, model: nn.Module, task: TaskInfo) -> nn.Module:
+        """The network task `task` trains, from the one it starts at (the previous task's, or a fresh one
+        for task 1): the same network for every method but those that change its structure (piggyback)."""
+        return model

@@ -12,6 +12,8 @@ The two methods differ only in `replay_target`: the true noise eps (GR) or eps_t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -48,8 +50,16 @@ def distillation_target(teacher: nn.Module, q: NoisedBatch, y_hat: Tensor) -> Te
     return teacher(q.x_t, q.t, y_hat)
 
 
+@dataclass(frozen=True)
+class ReplayBatch:
+    q: NoisedBatch  # x^_t, t (and eps when x^ was noised) the student sees
+    y_hat: Tensor  # (B,) the labels it sees, null where dropped
+    target: Tensor  # (B, C, H, W) what eps_theta(x^_t, t, y^) should match
+
+
 class ReplayMethod(DiffusionMethod):
-    """Shared loop of GR and GD; subclasses only say what eps_theta on the replay batch should match."""
+    """Shared loop of GR and GD; subclasses only say what eps_theta on the replay batch should match
+    (`replay_target`), or build the whole replay batch another way (`replay_batch`)."""
 
     needs_teacher = True
 
@@ -68,6 +78,15 @@ class ReplayMethod(DiffusionMethod):
     def replay_target(self, q: NoisedBatch, y_hat: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def replay_batch(self, x0: Tensor) -> ReplayBatch:
+        """x^, y^ from the teacher (S DDIM steps), noised to x^_t at t ~ U[0, T); the target by `replay_target`."""
+        x_hat, y_hat = sample_replay(
+            self.teacher, self.task.previous_classes, x0.shape[0], self.cfg, self.replay_ddim_steps, self.generator
+        )
+        q = forward_diffuse(self.scheduler, x_hat.to(x0))  # x^_t, t, eps; a new batch, x0 is untouched
+        y_hat = drop_labels(y_hat.to(x0.device), self.cfg)
+        return ReplayBatch(q=q, y_hat=y_hat, target=self.replay_target(q, y_hat))
+
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.task is None:
             raise RuntimeError("call before_task(task, teacher) before loss()")
@@ -77,11 +96,7 @@ class ReplayMethod(DiffusionMethod):
         if n == 1:  # nothing to remember yet
             return {"loss": l_data, "loss_data": l_data.detach()}
 
-        x_hat, y_hat = sample_replay(
-            self.teacher, self.task.previous_classes, x0.shape[0], self.cfg, self.replay_ddim_steps, self.generator
-        )
-        q = forward_diffuse(self.scheduler, x_hat.to(x0))  # x^_t, t, eps; a new batch, x0 is untouched
-        y_hat = drop_labels(y_hat.to(y.device), self.cfg)
-        l_replay = eps_mse(self.replay_target(q, y_hat), model(q.x_t, q.t, y_hat))
+        r = self.replay_batch(x0)
+        l_replay = eps_mse(r.target, model(r.q.x_t, r.q.t, r.y_hat))
         loss = (1 / n) * l_data + (1 - 1 / n) * self.weight * l_replay
         return {"loss": loss, "loss_data": l_data.detach(), "loss_replay": l_replay.detach()}

@@ -36,6 +36,8 @@ class DiffusionConfig:
     beta_end: float = 0.02
     label_dropout: float = 0.0  # p_uncond: share of training labels replaced by the null label (0: no null label)
     guidance_scale: float = 0.0  # w of classifier-free guidance in every sampler (evaluation, replay); needs label_dropout > 0
+    piggyback_ratio: float | None = None  # set by diffusion-piggyback (lambda); stored so a checkpoint rebuilds it
+    piggyback_tasks: int = 0  # idem: number of tasks whose filters the checkpoint holds
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
@@ -53,6 +55,10 @@ class DiffusionConfig:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
         if self.guidance_scale < 0.0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.piggyback_ratio is not None and not 0.0 < self.piggyback_ratio <= 1.0:
+            raise ValueError(f"piggyback_ratio must be in (0, 1], got {self.piggyback_ratio}")
+        if self.piggyback_tasks < 0:
+            raise ValueError(f"piggyback_tasks must be >= 0, got {self.piggyback_tasks}")
         if self.guidance_scale > 0.0 and self.label_dropout == 0.0:
             raise ValueError("guidance_scale > 0 needs label_dropout > 0: without it the network never learns the "
                              "unconditional eps_theta(x_t, t, null) that guidance subtracts")
@@ -204,8 +210,19 @@ def save_state(model: nn.Module, cfg: DiffusionConfig) -> dict[str, Any]:
     return {"config": cfg.to_dict(), "state_dict": state}
 
 
+def build_unet_for(cfg: DiffusionConfig) -> ConditionalUNet:
+    """`build_unet(cfg)`, turned into its piggyback form when cfg says it has a filter bank, so that the
+    state_dict of a diffusion-piggyback model loads into it."""
+    model = build_unet(cfg)
+    if cfg.piggyback_tasks:
+        from lifelong.models import piggyback
+
+        model = piggyback.rebuild(lambda: model, cfg.piggyback_ratio, cfg.piggyback_tasks)
+    return model
+
+
 def load_state(d: dict[str, Any]) -> ConditionalUNet:
     cfg = DiffusionConfig.from_dict(d["config"])
-    model = build_unet(cfg)
+    model = build_unet_for(cfg)
     model.load_state_dict(d["state_dict"])
     return model

@@ -18,7 +18,7 @@ from pipeline.params.search import (TUNABLE, UNTUNABLE_RUNS, SpaceParam, TunePar
                                         tune_run, tune_space_errors, with_values)
 from pipeline.params.sections import (ClassifierParams, DataParams, DistillParams, EvalParams, GANParams,
                                           ImageDataParams, ImageTaskParams, LifelongGANParams, MlflowParams,
-                                          ModelParams, PiggybackGANParams, RayParams, ScenarioParams,
+                                          ModelParams, PiggybackGANParams, PiggybackParams, RayParams, ScenarioParams,
                                           ScenariosParams, StorageParams, TrainParams, _Section)
 
 SCENARIOS = ("label", "image")
@@ -89,6 +89,7 @@ class Params(_Section):
     gan: GANParams = GANParams()
     lifelong_gan: LifelongGANParams = LifelongGANParams()
     piggyback_gan: PiggybackGANParams = PiggybackGANParams()
+    piggyback: PiggybackParams = PiggybackParams()  # diffusion-piggyback
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     distill: DistillParams = DistillParams()
@@ -221,7 +222,7 @@ def repo_root() -> Path:
 __all__ = [
     "CATALOG", "ClassifierParams", "DataParams", "DistillParams", "EvalParams", "GANParams", "ImageDataParams",
     "ImageTaskParams", "LifelongGANParams", "MlflowParams", "ModelParams", "Params", "ParamsError",
-    "PiggybackGANParams", "RayParams", "SEED_SUFFIX", "chain_name", "check_chain", "split_chain", "SCENARIOS", "StorageParams",
+    "PiggybackGANParams", "PiggybackParams", "RayParams", "SEED_SUFFIX", "chain_name", "check_chain", "split_chain", "SCENARIOS", "StorageParams",
     "SCENARIO_FAMILIES", "ScenarioParams", "ScenariosParams",
     "SpaceParam", "TASKS_KEY", "TUNABLE", "TrainParams", "TuneParams", "UNTUNABLE_RUNS", "load_params",
     "parse_params", "read_raw", "repo_root", "run_errors", "split_run", "tunable_for", "tune_run",

@@ -31,6 +31,7 @@ TUNABLE: dict[str, bool] = {
     "gan.lr": False,
     "lifelong_gan.beta": False,  # weight of L_DL
     "piggyback_gan.filter_ratio": False,  # lambda: new free filters per task
+    "piggyback.filter_ratio": False,  # idem, diffusion-piggyback
 }
 _FAMILY_LR = {"train.lr": "diffusion", "gan.lr": "gan"}
 # The search trains a run on the label scenario and measures every seen task with the run's final

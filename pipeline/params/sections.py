@@ -117,6 +117,10 @@ class PiggybackGANParams(_Section):
     warm_start: bool = True  # task t starts at task t-1's weights (U_t, M_t chosen to reproduce them); false: from scratch
 
 
+class PiggybackParams(PiggybackGANParams):
+    """diffusion-piggyback's knobs: the same filter bank on the UNet's convs."""
+
+
 class ModelParams(_Section):
     block_out_channels: list[int] = [32, 64]  # UNet width per resolution level
     layers_per_block: int = Field(1, ge=1)

@@ -17,6 +17,8 @@ DIFFUSION = DiffusionConfig(image_size_px=8, in_channels=1, num_classes=4, block
 OPTIONS = {  # each method's params.yaml section, as the pipeline passes it
     ("diffusion", "generative_replay"): {"weight": 0.5, "replay_ddim_steps": 1},
     ("diffusion", "generative_distillation"): {"weight": 0.5, "replay_ddim_steps": 1},
+    ("diffusion", "intermediate_distillation"): {"weight": 0.5, "replay_ddim_steps": 2},
+    ("diffusion", "piggyback"): {"filter_ratio": 0.5},
     ("gan", "lifelong_gan"): {"beta": 0.5, "auxiliary": "both"},
     ("gan", "piggyback_gan"): {"filter_ratio": 0.5},
 }
@@ -92,15 +94,38 @@ def test_diffusion_learner_trains_two_tasks(tmp_path, method):
     cfg2 = _config(tmp_path, "diffusion", method, DIFFUSION, 2, init_state=task1)
     second = _learner(cfg2)
     teacher_file = load_model(torch.load(task1, weights_only=True))
-    _assert_same(teacher_file.state_dict(), second.model)  # task 2 starts from task 1's weights
+    if method == "piggyback":  # task 2 starts as task 1's network, in the filter bank's form
+        assert piggyback.num_tasks(second.model) == 2
+        assert not any(p.requires_grad for p in piggyback.task_parameters(second.model, 1))
+    else:
+        _assert_same(teacher_file.state_dict(), second.model)  # task 2 starts from task 1's weights
     history = _train(second, cfg2)
-    assert _changed(teacher_file.state_dict(), second.model)
     replays = second.method.needs_teacher
     assert ("loss_replay" in history[-1]) == replays
+    # the teacher's forward passes per step, counted: S DDIM steps (+ 1 target pass for GD); the
+    # intermediate states cost fewer than GD's S + 1 (here S = 2: between 1 and 3); no teacher: 0
+    passes = history[-1]["teacher_passes"].item()
+    if method == "intermediate_distillation":
+        assert 1.0 <= passes < 3.0
+    else:
+        assert passes == {"generative_replay": 1.0, "generative_distillation": 2.0}.get(method, 0.0)
     if replays:  # the teacher is task 1's model, frozen, and stays so
         teacher = second.method.teacher
         assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
         _assert_same(teacher_file.state_dict(), teacher)
+
+    task2_file = _export(second, tmp_path / "task2.pt")
+    task2 = load_model(torch.load(task2_file, weights_only=True))
+    _assert_same(second.model.state_dict(), task2)  # the next task's stage starts from exactly this network
+    if method == "piggyback":  # task 1, switched back to in task 2's file, is bit-identical to task 1's file
+        x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([10, 500, 900, 999]), torch.tensor([0, 1, 0, 1])
+        with torch.no_grad():
+            task2_eps = task2.eval()(x, t, y)
+            piggyback.set_task(task2, 1)
+            assert torch.equal(task2(x, t, y), teacher_file.eval()(x, t, y))
+            assert not torch.equal(task2(x, t, y), task2_eps)  # task 2 did learn something of its own
+    else:
+        assert _changed(teacher_file.state_dict(), task2)
 
 
 @pytest.mark.parametrize("condition", ["label", "image"])

@@ -47,6 +47,27 @@ def test_piggyback_gan_objective_measures_each_task_with_its_own_filters(classif
     assert out["objective"] == pytest.approx((out["fid_task1"] + out["fid_task2"]) / 2)
 
 
+def test_diffusion_piggyback_objective_measures_each_task_with_its_own_filters(classifier_path):
+    from lifelong.evaluation.generate import generate_per_class
+    from lifelong.models.diffusion import DiffusionConfig, build_unet
+
+    cfg = DiffusionConfig(image_size_px=16, num_classes=2, block_out_channels=(8, 16))
+    torch.manual_seed(0)
+    unet = piggyback.piggyback_(build_unet(cfg), 0.5)
+    piggyback.add_task(unet)  # fresh U_2, M_2: task 2 computes another network
+    x, y = two_squares(64, seed=1)
+    real = [x[y == 0], x[y == 1]]
+
+    out = measure(unet, cfg, _spec(classifier_path), real)
+
+    assert piggyback.active_task(unet) == 2
+    piggyback.set_task(unet, 1)
+    own, labels = generate_per_class(unet, [0], per_class=12, cfg=cfg, steps=2, seed=3 * 100 + 1)
+    expected = quality(own, labels, real[0], classifier_path=classifier_path, kid_subset_size=8)["fid"]
+    assert out["fid_task1"] == pytest.approx(expected, rel=1e-6)
+    piggyback.set_task(unet, 2)
+
+
 def test_plain_gan_objective_and_image_gan_rejected(classifier_path):
     cfg = GANConfig(condition="label", image_size_px=16, num_classes=2, z_dim=4, width=4)
     nets = build_gan_nets(cfg).eval()

@@ -27,10 +27,11 @@ def test_summary_has_accuracy_forgetting_bwt_and_the_floor_of_the_forgetting_tas
     assert one["noise_floor_fid"] is None and one["forgetting_acc_mean"] is None and one["acc_final_mean"] is None
 
 
-def _evaluation(fid_matrix, seed=0, train_seconds=12.0):
+def _evaluation(fid_matrix, seed=0, train_seconds=12.0, teacher_passes=None):
     s = summarize({"fid": fid_matrix, "kid": KID, "acc": ACC, "div": DIV}, FLOOR)
     return {**s, "matrix": {"fid": fid_matrix, "kid": KID, "acc": ACC, "div": DIV}, "noise_floor": FLOOR,
-            "train_seconds": train_seconds, "params": 1000, "params_standalone": 3000, "seed": seed}
+            "train_seconds": train_seconds, "teacher_passes": teacher_passes, "params": 1000,
+            "params_standalone": 3000, "seed": seed}
 
 
 STEADY = [[40.0, None, None], [41.0, 30.0, None], [42.0, 31.0, 35.0]]  # forgetting 1.5 < floor 4
@@ -53,6 +54,20 @@ def test_report_marks_forgetting_within_the_floor_and_says_the_units():
     assert "n = 1 training seed(s) per run" in text and "±" not in "".join(rows.values())
 
 
+def test_teacher_passes_per_step_are_reported_for_diffusion_and_na_for_gans():
+    from pipeline.evaluate import teacher_passes
+
+    receipts = [{"teacher_passes": 0.0}, {"teacher_passes": 5.0}, {"teacher_passes": 4.0}]
+    assert teacher_passes(receipts) == pytest.approx(4.5)  # tasks 2..T: task 1 has no teacher
+    assert teacher_passes([{}, {}]) is None and teacher_passes(receipts[:1]) is None
+    nested = build_metrics({"label": {"diffusion-gd": [_evaluation(STEADY, teacher_passes=5.0)],
+                                      "gan-steady": [_evaluation(STEADY)]}})
+    text = report_markdown(nested, "lifelong-cnn")
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "teacher passes/step" in text
+    assert "| 5.00 | 1,000 |" in rows["diffusion-gd"] and "| n/a | 1,000 |" in rows["gan-steady"]
+
+
 def test_a_runs_seeds_are_averaged_with_a_95_percent_interval():
     worse = [[v if v is None else v + 2.0 for v in row] for row in STEADY]
     nested = build_metrics({"label": {"gan-steady": [_evaluation(STEADY, 0, 10.0), _evaluation(worse, 1, 14.0)]}})
@@ -66,3 +81,22 @@ def test_a_runs_seeds_are_averaged_with_a_95_percent_interval():
     text = report_markdown(nested, "lifelong-cnn")
     assert "| gan-steady | 2 | 37.00 ± 12.71 |" in text
     assert "n = 2 training seed(s) per run" in text and "intervals do not overlap" in text
+
+
+def test_diffusion_piggyback_counts_its_bank_against_one_unet_per_task():
+    import torch
+
+    from lifelong.models import piggyback
+    from lifelong.models.diffusion import DiffusionConfig, build_unet
+    from pipeline.evaluate import parameter_counts
+
+    cfg = DiffusionConfig(image_size_px=8, num_classes=4, block_out_channels=(8, 16))
+    plain = sum(p.numel() for p in build_unet(cfg).parameters())
+    torch.manual_seed(0)
+    unet = piggyback.piggyback_(build_unet(cfg), 0.25)
+    for _ in range(2):
+        piggyback.add_task(unet)
+    counts = parameter_counts(False, unet, 3)
+    assert counts["params_standalone"] == 3 * plain
+    assert plain < counts["params"] < counts["params_standalone"]
+    assert counts["params"] == piggyback.total_parameter_count(unet)

@@ -3,7 +3,8 @@ import copy
 import pytest
 import torch
 
-from lifelong.methods import METHODS, GenerativeDistillation, GenerativeReplay, TaskInfo, make_method
+from lifelong.methods import (METHODS, GenerativeDistillation, GenerativeReplay, IntermediateDistillation, TaskInfo,
+                              make_method)
 from lifelong.methods.losses import eps_mse, forward_diffuse
 from lifelong.methods.replay import distillation_target, replay_target, sample_replay
 from lifelong.models.diffusion import DiffusionConfig, build_unet, make_ddpm_scheduler
@@ -26,7 +27,8 @@ def _batch(b=4):
 
 
 def test_registry_and_typo_error_lists_names():
-    assert set(METHODS["diffusion"]) == {"finetune", "joint", "generative_replay", "generative_distillation"}
+    assert set(METHODS["diffusion"]) == {"finetune", "joint", "generative_replay", "generative_distillation",
+                                         "intermediate_distillation", "piggyback"}
     assert set(METHODS["gan"]) == {"finetune", "joint", "standalone", "lifelong_gan", "piggyback_gan"}
     m = make_method("generative_distillation", CFG, weight=0.75)  # the config's type picks the family
     assert isinstance(m, GenerativeDistillation) and m.weight == 0.75 and m.needs_teacher
@@ -117,13 +119,13 @@ def test_task_one_is_the_plain_data_loss_without_teacher(name):
     assert out["loss"].requires_grad
 
 
-@pytest.mark.parametrize("cls", [GenerativeDistillation, GenerativeReplay])
+@pytest.mark.parametrize("cls", [GenerativeDistillation, GenerativeReplay, IntermediateDistillation])
 def test_replay_methods_refuse_a_missing_teacher(cls):
     with pytest.raises(ValueError, match="teacher"):
         cls(CFG).before_task(TASK3, None)
 
 
-@pytest.mark.parametrize("cls", [GenerativeDistillation, GenerativeReplay])
+@pytest.mark.parametrize("cls", [GenerativeDistillation, GenerativeReplay, IntermediateDistillation])
 def test_gradients_reach_the_student_only_and_batch_is_untouched(cls):
     student, teacher = _net(0), _net(1)
     x0, y = _batch()
