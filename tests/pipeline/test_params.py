@@ -110,10 +110,21 @@ def test_a_scenario_with_no_runs_is_off(raw):
     assert "no scenario has runs" in _error(raw)
 
 
-@pytest.mark.parametrize("profile", ["params-gpu.yaml", "params-gpu-pix2pix.yaml"])
+@pytest.mark.parametrize("profile", ["params-gpu.yaml", "params-gpu-pix2pix.yaml", "params-paper.yaml"])
 def test_gpu_profiles_are_valid(profile):
     p = load_params(profile)
     assert p.train.use_gpu and p.runs()
+
+
+def test_paper_profile_is_the_gd_papers_setting():
+    p = load_params("params-paper.yaml")
+    assert p.data.image_size_px == 32 and p.data.tasks == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert (p.train.batch_size, p.train.lr, p.distill.weight, p.distill.replay_ddim_steps) == (128, 2e-4, 1.0, 2)
+    assert p.model.block_out_channels == [64, 128, 256, 512] and p.eval.ddim_steps == 10
+    assert (p.eval.seeds, p.eval.samples_per_class) == (3, 1000)
+    assert (p.model.label_dropout, p.model.guidance_scale, p.train.ema_decay) == (0.0, 0.0, 0.0)  # as the paper
+    runs = {run for _, run in p.runs()}
+    assert {"diffusion-generative_distillation", "diffusion-intermediate_distillation", "diffusion-piggyback"} <= runs
 
 
 def test_image_task_classes_the_classifier_never_learns_are_one_error(raw):
