@@ -84,6 +84,9 @@ def _generate_task(model, model_cfg, j: int, classes: list[int], spec: dict, dev
     gan = isinstance(model_cfg, GANConfig)
     if gan and model_cfg.condition != "label":
         raise ValueError("the search objective measures label-conditioned GANs only (it generates per class)")
+    if not gan and not model_cfg.conditional:
+        raise ValueError("the search objective generates per class: it needs a class-conditional diffusion model "
+                         "(model.conditional: true); the unconditional setting is evaluated by the pipeline only")
     per_class, seed = int(spec["samples_per_class"]), int(spec.get("seed", 0)) * 100 + j
 
     def per_class_samples(net):

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "matrix": matrix, **summary,
         "train_seconds": float(sum(r.get("train_seconds", 0.0) for r in receipts)),
         "teacher_passes": teacher_passes(receipts),
+        "class_kl_final": ev["class_kl"][-1], "class_kl": ev["class_kl"], "setting": ev["setting"],
         **ev["counts"], "noise_floor": floor,
         "feature_extractor": params.eval.feature_extractor, "eval_seconds": time.time() - t0,
         "versions": [r["version"] for r in receipts], "model_name": last["model_name"],
@@ -132,6 +133,7 @@ def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real:
         measure = dict(classifier_path=str(classifier_path), feature_extractor=params.eval.feature_extractor,
                        kid_subset_size=params.eval.kid_subset_size, device=device.type)
         floor = {key: [] for key in ("fid", "kid", "n")}
+        class_kl: list[float | None] = [None] * T  # per row: an unconditional model's class balance
         for j in range(1, T + 1):
             images, labels = (real[j][0], real[j][1]) if scenario == "label" else (real[j][1], None)
             size = params.eval.samples_per_class * len(params.task_classes(scenario, j)) if scenario == "label" \
@@ -144,10 +146,18 @@ def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real:
             state = torch.load(model_file, map_location="cpu", weights_only=True)  # read once: config + weights
             cfg = model_config(state)
             models[k] = load_model(state).to(device).eval()
-            row = {}
+            unconditional = spec.family == "diffusion" and not cfg.conditional
+            row, pools = {}, {}
             for j in range(1, k + 1):
                 net = weights_for_task(spec.old_task_weights, models, k, j)
-                images, labels, extra = generate_task(params, scenario, spec.family, net, cfg, k, j, real[j], device)
+                if unconditional:  # task j's sample: the pool's samples most like task j (no labels to ask for)
+                    images, labels, extra = unconditional_task(params, scenario, net, cfg, k, j, classifier_path,
+                                                               pools, device)
+                    if j == k and spec.old_task_weights == "final_model":  # one model for every class: its balance
+                        class_kl[k - 1] = extra["class_kl"]
+                else:
+                    images, labels, extra = generate_task(params, scenario, spec.family, net, cfg, k, j, real[j],
+                                                          device)
                 real_images, real_labels = (real[j][0], real[j][1]) if scenario == "label" else (real[j][1], labels)
                 q = quality(images, labels, real_images, real_labels=real_labels, **measure)
                 q.update(extra)
@@ -162,8 +172,43 @@ def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real:
             rows.append(row)
             if spec.old_task_weights != "own_model":
                 models = {k: models[k]}  # only a model per task (standalone) needs the earlier ones again
-    return {"matrix": matrix, "rows": rows, "samples": samples, "noise_floor": floor,
+    return {"matrix": matrix, "rows": rows, "samples": samples, "noise_floor": floor, "class_kl": class_kl,
+            "setting": setting_of(spec.family, cfg),
             "counts": parameter_counts(spec.old_task_weights == "own_model", models[T], T)}
+
+
+def setting_of(family: str, cfg) -> str:
+    """What a run's figures measure, for the report: a class-conditional or unconditional diffusion model,
+    or a GAN."""
+    if family == "diffusion":
+        return "class-conditional" if cfg.conditional else "unconditional"
+    return "gan"
+
+
+def unconditional_task(params, scenario: str, net, cfg, k: int, j: int, classifier_path, pools: dict, device):
+    """Task j's images after task k from an unconditional model (lifelong.evaluation.unconditional): one
+    pool of eval.samples_per_class x (classes seen) samples per network, drawn once per row and shared by
+    its tasks; task j's sample is the pool's n most task-j-like images (n as a conditional model's).
+    Returns images, None (no labels to score accuracy against) and {"class_kl": the pool's balance}."""
+    import torch
+
+    from lifelong.evaluation import load_classifier
+    from lifelong.evaluation.generate import banked_net, eval_seed, generate
+    from lifelong.evaluation.unconditional import class_balance_kl, class_probabilities, most_like_task
+    from lifelong.models import piggyback
+
+    seen = sorted(c for t in range(1, k + 1) for c in params.task_classes(scenario, t))
+    bank = banked_net(net)
+    own = piggyback.active_task(bank) if piggyback.is_piggyback(bank) else 0  # piggyback: task j's own network
+    if own not in pools:
+        n = params.eval.samples_per_class * len(seen)
+        images = generate(net, torch.zeros(n, dtype=torch.long), cfg=cfg, steps=params.eval.ddim_steps,
+                          seed=eval_seed(params.seed, k, own), batch_size=params.eval.batch_size, device=device)
+        pools[own] = (images, class_probabilities(load_classifier(classifier_path).to(device), images))
+    images, probs = pools[own]
+    classes = params.task_classes(scenario, j)
+    idx = most_like_task(probs, classes, params.eval.samples_per_class * len(classes))
+    return images[idx], None, {"class_kl": class_balance_kl(probs, seen)}
 
 
 def on_gpu_worker(params, job: dict, num_gpus: float = 1):
@@ -211,6 +256,8 @@ def grid_samples(scenario: str, j: int, images, labels, real_j, n: int = 8) -> d
     if scenario == "image":
         a, b, _ = real_j
         return {f"task_{j}": np.stack([a[:n], images[:n], b[:n]])}  # (3, n, H, W)
+    if labels is None:  # an unconditional model: task j's most task-j-like samples
+        return {f"task_{j}": images[:n]}
     return {f"class_{c}": images[labels == c][:n] for c in np.unique(labels)}
 
 

@@ -4,7 +4,8 @@ metrics.json is nested by scenario, then run (<family>-<method>); a run's figure
 chains (one per training seed, eval.seeds), with `n_seeds` and `ci95` (the half-width of each scalar's 95%
 confidence interval over the seeds; null with one seed). It holds for each run exactly:
 fid_final_mean, kid_final_mean, acc_final_mean, div_final_mean, forgetting_fid_mean, bwt_fid,
-forgetting_acc_mean, bwt_acc, noise_floor_fid, noise_floor_kid, train_seconds, teacher_passes (diffusion:
+forgetting_acc_mean, bwt_acc, noise_floor_fid, noise_floor_kid, class_kl_final (an unconditional diffusion
+model's class balance after the last task, else null), train_seconds, teacher_passes (diffusion:
 the teacher's forward passes per training step, in batches, over tasks 2..T), params, params_standalone,
 n_seeds, ci95, matrix {fid, kid, acc, div} (cell means) and noise_floor {fid, kid, n} (per task); the image scenario adds l1_final_mean,
 forgetting_l1_mean and matrix.l1.
@@ -21,7 +22,7 @@ from pipeline.registry import setup_mlflow
 
 METRIC_KEYS = ("fid_final_mean", "kid_final_mean", "acc_final_mean", "div_final_mean", "forgetting_fid_mean", "bwt_fid",
                "forgetting_acc_mean", "bwt_acc", "noise_floor_fid", "noise_floor_kid",
-               "train_seconds", "teacher_passes", "params", "params_standalone", "n_seeds", "ci95", "matrix", "noise_floor")
+               "class_kl_final", "train_seconds", "teacher_passes", "params", "params_standalone", "n_seeds", "ci95", "matrix", "noise_floor")
 IMAGE_METRIC_KEYS = METRIC_KEYS + ("l1_final_mean", "forgetting_l1_mean")
 SCALARS = [k for k in IMAGE_METRIC_KEYS if k not in ("matrix", "noise_floor", "n_seeds", "ci95")]
 COUNTS = ("params", "params_standalone")  # the same for every seed
@@ -134,7 +135,10 @@ def within_floor(forgetting: float | None, floor: float | None) -> bool:
     return forgetting is not None and floor is not None and abs(forgetting) <= floor
 
 
-def report_markdown(nested: dict, feature_extractor: str) -> str:
+def report_markdown(nested: dict, feature_extractor: str, settings: dict | None = None) -> str:
+    """`settings`: {(scenario, run): "class-conditional" | "unconditional" | "gan"}; an unconditional run is
+    marked in its row."""
+    settings = settings or {}
     n_seeds = sorted({m["n_seeds"] for runs in nested.values() for m in runs.values()})
     seeds = " or ".join(map(str, n_seeds))
     lines = [
@@ -156,6 +160,11 @@ def report_markdown(nested: dict, feature_extractor: str) -> str:
         + ("With one seed there is no interval: treat differences between runs that are smaller than the floor "
            "as noise." if n_seeds == [1] else "Two runs differ beyond the noise where their intervals do not overlap."),
         "",
+        "Diffusion runs are class-conditional unless marked *(unconditional)* (`model.conditional: false`, the",
+        "generative-distillation paper's setting): such a model samples one pool for all seen classes, task j's",
+        "sample is the n pool images the classifier finds most like task j (acc: n/a), and `class KL` is the",
+        "KL divergence of the pool's predicted classes from uniform over the seen classes (0: balanced; nats).",
+        "",
         "Params: what serving every task takes after the last one (generator only for GANs); standalone:",
         "one separate model per task, for comparison (Piggyback GAN's claim: on par at fewer parameters).",
     ]
@@ -176,18 +185,19 @@ def report_markdown(nested: dict, feature_extractor: str) -> str:
             for j, (f, kd, n) in enumerate(zip(floor["fid"], floor["kid"], floor["n"]), start=1)), ""]
         lines += ["| run | seeds | FID final | KID final (x10^3) | acc final | div final | forgetting FID (floor) "
                   "| BWT FID | forgetting acc | BWT acc |" + (" L1 final | forgetting L1 |" if image else "")
-                  + " train (s) | teacher passes/step | params | params standalone |",
-                  "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|---|"]
+                  + " class KL final | train (s) | teacher passes/step | params | params standalone |",
+                  "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if image else "") + "---|---|---|---|---|"]
         for run, m in runs.items():
             mark = " ~" if within_floor(m["forgetting_fid_mean"], m["noise_floor_fid"]) else ""
             floor_fid = "n/a" if m["noise_floor_fid"] is None else f"{m['noise_floor_fid']:.2f}"
-            lines.append(f"| {run} | {m['n_seeds']} | {fmt(m, 'fid_final_mean')} | {fmt(m, 'kid_final_mean', scale=1e3)} | "
+            name = run + (" *(unconditional)*" if settings.get((scenario, run)) == "unconditional" else "")
+            lines.append(f"| {name} | {m['n_seeds']} | {fmt(m, 'fid_final_mean')} | {fmt(m, 'kid_final_mean', scale=1e3)} | "
                          f"{fmt(m, 'acc_final_mean', 3)} | {fmt(m, 'div_final_mean')} | "
                          f"{fmt(m, 'forgetting_fid_mean')} ({floor_fid}){mark} | {fmt(m, 'bwt_fid')} | "
                          f"{fmt(m, 'forgetting_acc_mean', 3)} | {fmt(m, 'bwt_acc', 3)} | "
                          + (f"{fmt(m, 'l1_final_mean', 4)} | {fmt(m, 'forgetting_l1_mean', 4)} | " if image else "")
-                         + f"{fmt(m, 'train_seconds', 0)} | {fmt(m, 'teacher_passes', 2)} | {m['params']:,} | "
-                         f"{m['params_standalone']:,} |")
+                         + f"{fmt(m, 'class_kl_final', 3)} | {fmt(m, 'train_seconds', 0)} | "
+                         f"{fmt(m, 'teacher_passes', 2)} | {m['params']:,} | {m['params_standalone']:,} |")
     lines += ["", "`~`: forgetting within the noise floor (|forgetting| <= the mean floor of tasks 1..T-1).",
               "Teacher passes/step: the previous model's forward passes per training step in units of the batch, "
               "mean over tasks 2..T (diffusion; GD with S DDIM steps: S, 2S with guidance, + 1), the replay's cost.",
@@ -215,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(lay.metrics, metrics)
     extractor = next(iter(next(iter(results.values())).values()))[0]["feature_extractor"]
     written = plot_all(metrics, samples, lay.plots)
-    lay.report.write_text(report_markdown(metrics, extractor))
+    settings = {(scenario, run): evals[0].get("setting") for scenario, runs in results.items()
+                for run, evals in runs.items()}
+    lay.report.write_text(report_markdown(metrics, extractor, settings))
 
     experiment_id = setup_mlflow(params, lay)
     with mlflow.start_run(experiment_id=experiment_id, run_name="report", tags={"dvc_stage": "report"}):

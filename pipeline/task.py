@@ -38,6 +38,7 @@ def model_config(params: Params, scenario: str, family: str) -> dict:
         layers_per_block=params.model.layers_per_block,
         attention=params.model.attention,
         num_train_timesteps=params.model.num_train_timesteps,
+        conditional=params.model.conditional,
         label_dropout=params.model.label_dropout,
         guidance_scale=params.model.guidance_scale,
     ).to_dict()

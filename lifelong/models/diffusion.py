@@ -8,6 +8,9 @@ Classifier-free guidance (Ho & Salimans 2022), on when `label_dropout` > 0: trai
 p_uncond of the labels by a null label (index `num_classes`, one extra class-embedding row), so the same
 network learns eps_theta(x_t, t, y) and eps_theta(x_t, t, null); sampling then follows
   eps~ = (1 + w) eps_theta(x_t, t, y) - w eps_theta(x_t, t, null),   w = guidance_scale.
+An unconditional model (`conditional=False`, the generative-distillation paper's own setting) has no
+class embedding: the network is eps_theta(x_t, t) and ignores the labels every caller still passes, so
+its samples cover all classes it learnt and replay draws them without labels.
 Data convention: images in [-1, 1], shape (B, C, H, W); labels are LongTensors of shape (B,).
 """
 
@@ -31,6 +34,7 @@ class DiffusionConfig:
     block_out_channels: tuple[int, ...] = (32, 64)  # one entry per resolution; paper GPU profile: (64, 128, 256, 512)
     layers_per_block: int = 1  # resnet layers per resolution level
     attention: bool = False  # self-attention at the lowest resolution (AttnDown/AttnUpBlock2D)
+    conditional: bool = True  # False: eps_theta(x_t, t) without a class embedding (labels are ignored)
     num_train_timesteps: int = 1000  # T of the forward process
     beta_start: float = 1e-4  # linear beta schedule, Ho et al. (2020)
     beta_end: float = 0.02
@@ -59,6 +63,9 @@ class DiffusionConfig:
             raise ValueError(f"piggyback_ratio must be in (0, 1], got {self.piggyback_ratio}")
         if self.piggyback_tasks < 0:
             raise ValueError(f"piggyback_tasks must be >= 0, got {self.piggyback_tasks}")
+        if not self.conditional and (self.label_dropout > 0.0 or self.guidance_scale > 0.0):
+            raise ValueError("an unconditional model (conditional=False) has no labels to drop or guide by: "
+                             "set label_dropout and guidance_scale to 0")
         if self.guidance_scale > 0.0 and self.label_dropout == 0.0:
             raise ValueError("guidance_scale > 0 needs label_dropout > 0: without it the network never learns the "
                              "unconditional eps_theta(x_t, t, null) that guidance subtracts")
@@ -83,15 +90,17 @@ class DiffusionConfig:
 
 
 class ConditionalUNet(nn.Module):
-    """eps_theta(x_t, t, y): returns a plain tensor so callers never see diffusers' output types."""
+    """eps_theta(x_t, t, y): returns a plain tensor so callers never see diffusers' output types.
+    Unconditional (`conditional=False`): eps_theta(x_t, t); y is accepted and ignored."""
 
-    def __init__(self, unet: UNet2DModel) -> None:
+    def __init__(self, unet: UNet2DModel, conditional: bool = True) -> None:
         super().__init__()
         self.unet = unet
+        self.conditional = conditional
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
         # x_t: (B, C, H, W), t: (B,) long, y: (B,) long -> eps: (B, C, H, W)
-        return self.unet(x_t, t, class_labels=y).sample
+        return self.unet(x_t, t, class_labels=y if self.conditional else None).sample
 
 
 def _norm_groups(channels: tuple[int, ...]) -> int:
@@ -114,9 +123,9 @@ def build_unet(cfg: DiffusionConfig) -> ConditionalUNet:
         up_block_types=(lowest_up,) + ("UpBlock2D",) * (levels - 1),
         norm_num_groups=_norm_groups(cfg.block_out_channels),
         # class embedding added to the time embedding; one more row for the null label of guidance
-        num_class_embeds=cfg.num_classes + (cfg.null_label is not None),
+        num_class_embeds=cfg.num_classes + (cfg.null_label is not None) if cfg.conditional else None,
     )
-    return ConditionalUNet(unet)
+    return ConditionalUNet(unet, conditional=cfg.conditional)
 
 
 def make_ddpm_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:

@@ -126,12 +126,18 @@ class ModelParams(_Section):
     layers_per_block: int = Field(1, ge=1)
     attention: bool = False  # self-attention on the lowest resolution (paper: yes; CPU default: no)
     num_train_timesteps: int = Field(1000, gt=1)  # DDPM T
+    # false: the generative-distillation paper's unconditional DDPM (no class embedding, replay without
+    # labels; evaluation routes samples to tasks by the classifier and adds the class-balance KL)
+    conditional: bool = True
     # classifier-free guidance (Ho & Salimans 2022): p_uncond and w (0, 0: plain class-conditional sampling)
     label_dropout: float = Field(0.0, ge=0, lt=1)
     guidance_scale: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _guidance_needs_null_label(self) -> "ModelParams":
+        if not self.conditional and (self.label_dropout > 0 or self.guidance_scale > 0):
+            raise ValueError("conditional: false has no labels to drop or guide by: set label_dropout: 0 and "
+                             "guidance_scale: 0")
         if self.guidance_scale > 0 and self.label_dropout == 0:
             raise ValueError("guidance_scale > 0 needs label_dropout > 0 (e.g. 0.1): the network learns the "
                              "unconditional prediction guidance subtracts only from dropped labels")

@@ -15,9 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def tiny_params(**overrides) -> dict:
-    """2 tasks of scikit-learn digits at 8 px, a few steps: every stage runs, nothing is large."""
-    with open(REPO / "params.yaml") as f:
+def tiny_params(profile: str = "params.yaml", **overrides) -> dict:
+    """2 tasks of scikit-learn digits at 8 px, a few steps: every stage runs, nothing is large. `profile`:
+    the params file it shrinks (e.g. params-paper.yaml, whose other settings stay)."""
+    with open(REPO / profile) as f:
         p = yaml.safe_load(f)
     p["experiment"] = "it"
     p["scenarios"] = {"label": {"runs": ["diffusion-finetune", "diffusion-generative_distillation"]},
@@ -28,9 +29,10 @@ def tiny_params(**overrides) -> dict:
                            tasks=[{"name": "edges2zeros", "condition": "edges", "classes": [0]},
                                   {"name": "silhouette2ones", "condition": "silhouette", "classes": [1]}])
     p["gan"].update(width=8, steps_per_task=6, batch_size=8)
-    p["model"].update(block_out_channels=[8, 16])
-    p["train"].update(steps_per_task=6, batch_size=8, checkpoint_every_steps=2, log_every_steps=2)
-    p["eval"].update(samples_per_class=8, ddim_steps=2, kid_subset_size=8, batch_size=64)
+    p["model"].update(block_out_channels=[8, 16], layers_per_block=1, attention=False)
+    p["train"].update(steps_per_task=6, batch_size=8, checkpoint_every_steps=2, log_every_steps=2, use_gpu=False,
+                      num_workers=1)
+    p["eval"].update(samples_per_class=8, ddim_steps=2, kid_subset_size=8, batch_size=64, seeds=1)
     p["classifier"].update(epochs=1)
     for section, values in overrides.items():
         if isinstance(values, dict):

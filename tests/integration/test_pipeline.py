@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 METRIC_KEYS = {"fid_final_mean", "kid_final_mean", "acc_final_mean", "div_final_mean", "forgetting_fid_mean", "bwt_fid",
                "forgetting_acc_mean", "bwt_acc", "noise_floor_fid", "noise_floor_kid", "noise_floor", "train_seconds",
-               "teacher_passes",
+               "teacher_passes", "class_kl_final",
                "params", "params_standalone", "n_seeds", "ci95", "matrix"}
 
 

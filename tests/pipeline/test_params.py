@@ -116,6 +116,21 @@ def test_gpu_profiles_are_valid(profile):
     assert p.train.use_gpu and p.runs()
 
 
+@pytest.mark.parametrize("profile", ["params-gpu.yaml", "params-gpu-pix2pix.yaml", "params-paper.yaml"])
+def test_a_profile_has_every_key_of_params_yaml(profile):
+    """DVC reads a stage's params from the file itself, not from the validated defaults: a key that
+    params.yaml has and a profile lacks fails `dvc repro` after `cp <profile> params.yaml`."""
+    def leaves(d, prefix=""):
+        return {key for k, v in d.items()
+                for key in (leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "space" else {prefix + k})}
+
+    with open("params.yaml") as f:
+        want = leaves(yaml.safe_load(f))
+    with open(profile) as f:
+        have = leaves(yaml.safe_load(f))
+    assert sorted(want - have) == []
+
+
 def test_paper_profile_is_the_gd_papers_setting():
     p = load_params("params-paper.yaml")
     assert p.data.image_size_px == 32 and p.data.tasks == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
@@ -123,6 +138,7 @@ def test_paper_profile_is_the_gd_papers_setting():
     assert p.model.block_out_channels == [64, 128, 256, 512] and p.eval.ddim_steps == 10
     assert (p.eval.seeds, p.eval.samples_per_class) == (3, 1000)
     assert (p.model.label_dropout, p.model.guidance_scale, p.train.ema_decay) == (0.0, 0.0, 0.0)  # as the paper
+    assert p.model.conditional is False  # the official code's unconditional UNet
     runs = {run for _, run in p.runs()}
     assert {"diffusion-generative_distillation", "diffusion-intermediate_distillation", "diffusion-piggyback"} <= runs
 
@@ -135,3 +151,11 @@ def test_image_task_classes_the_classifier_never_learns_are_one_error(raw):
     assert "image_data.tasks[0].classes" in err and "[7, 9]" in err and "data.tasks" in err
     raw["scenarios"]["image"] = {"runs": []}  # no image runs: nothing to measure
     assert parse_params(raw).num_classes == 6
+
+
+def test_an_unconditional_model_cannot_drop_or_guide_labels(raw):
+    raw["model"].update(conditional=False)  # the default's label_dropout 0.1, guidance 1.0 stay
+    err = _error(raw)
+    assert "model" in err and "label_dropout: 0" in err and "guidance_scale: 0" in err
+    raw["model"].update(label_dropout=0.0, guidance_scale=0.0)
+    assert parse_params(raw).model.conditional is False

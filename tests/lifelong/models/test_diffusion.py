@@ -156,3 +156,18 @@ def test_guided_ddim_sample_runs_both_halves_in_one_batch():
     model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     ddim_sample(model, torch.tensor([0, 1, 3]), cfg=CFG, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert calls == [6, 6]
+
+
+def test_an_unconditional_unet_has_no_class_embedding_and_ignores_labels():
+    cfg = DiffusionConfig(image_size_px=8, num_classes=4, block_out_channels=(8, 16), conditional=False)
+    torch.manual_seed(0)
+    net = build_unet(cfg).eval()
+    assert net.unet.class_embedding is None
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([10, 900])
+    with torch.no_grad():
+        assert torch.equal(net(x, t, torch.tensor([0, 1])), net(x, t, torch.tensor([3, 2])))
+    assert load_state(save_state(net, cfg)).conditional is False  # the file says so
+    with pytest.raises(ValueError, match="no labels to drop or guide"):
+        DiffusionConfig(conditional=False, label_dropout=0.1)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "conditional"}  # a file from before the option
+    assert DiffusionConfig.from_dict(old).conditional is True
