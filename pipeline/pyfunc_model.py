@@ -5,6 +5,8 @@
     images = g.predict(pandas.DataFrame({"class": [3, 3, 7]}))   # float32 (3, 1, H, W) in [0, 1]
     images = g.predict(df, params={"seed": 1})                  # other noise; also batch_size, ddim_steps
 
+An unconditional diffusion model (`model.conditional: false`) takes the same `class` column and ignores
+its values: one sample per row, of whichever seen class the model draws.
 Image-conditioned runs (the `image` scenario) take a `condition` column instead: one H x W image per
 row (nested lists of floats in [0, 1], the A side of the task, e.g. an edge map) and return G(A, z).
 
