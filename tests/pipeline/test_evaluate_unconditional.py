@@ -1,25 +1,15 @@
 """The evaluation of an unconditional diffusion model: one pool per row, routed to tasks by the classifier."""
 
 import numpy as np
-import pytest
 import torch
 import yaml
 
-from lifelong.evaluation import ClassifierConfig, load_classifier, save_classifier, train_classifier
+from lifelong.evaluation import load_classifier
 from lifelong.evaluation.unconditional import class_probabilities
 from lifelong.models.diffusion import DiffusionConfig, build_unet
 from pipeline.evaluate import grid_samples, setting_of, unconditional_task
 from pipeline.params import parse_params
-from tests.lifelong.evaluation._eval_synthetic import two_squares
-
-
-@pytest.fixture(scope="module")
-def classifier_path(tmp_path_factory):
-    cfg = ClassifierConfig(num_classes=2, channels=(8, 16), feature_dim=32)
-    x, y = two_squares(256, seed=0)
-    path = tmp_path_factory.mktemp("clf") / "classifier.pt"
-    save_classifier(train_classifier(x, y, cfg, epochs=3, batch_size=64, seed=0), cfg, path)
-    return str(path)
+from tests.lifelong.conftest import classifier_path  # noqa: F401  (the library tests' fixture)
 
 
 def _params():
