@@ -27,7 +27,7 @@ def model_config(params: Params, scenario: str, family: str) -> dict:
         return GANConfig(condition=scenario, image_size_px=params.data.image_size_px, in_channels=1,
                          num_classes=params.num_classes,
                          z_dim=g.z_dim if scenario == "label" else g.latent_dim, width=g.width,
-                         gan_loss=g.gan_loss).to_dict()
+                         gan_loss=g.gan_loss, mode_seeking=g.mode_seeking).to_dict()
     from lifelong.models.diffusion import DiffusionConfig
 
     return DiffusionConfig(

@@ -49,6 +49,14 @@ def gan_loss_g(fake_logits: Tensor, kind: str) -> Tensor:
     raise ValueError(f"unknown GAN loss {kind!r}; valid: hinge, lsgan")
 
 
+def mode_seeking_loss(fake1: Tensor, fake2: Tensor, z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
+    """Mode seeking (Mao et al., "Mode Seeking GANs", CVPR 2019): two latents for the same condition must
+    give images as far apart as the latents are, L_ms = 1 / (mean|G(z1) - G(z2)| / mean|z1 - z2| + eps).
+    Small when the generator spreads its latents over the data; large when it collapses them to one image."""
+    ratio = (fake1 - fake2).abs().mean() / (z1 - z2).abs().mean()
+    return 1.0 / (ratio + eps)
+
+
 def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) = -1/2 sum_j (1 + logvar_j - mu_j^2 - exp(logvar_j)).
 
@@ -95,15 +103,21 @@ class GANMethod(Method):
         return self.bicycle_gan_loss(nets, batch)
 
     def conditional_gan_loss(self, nets: GANNets, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Class-conditional GAN: D on (x, y) vs (G(z, y), y), with y the real batch's labels."""
+        """Class-conditional GAN: D on (x, y) vs (G(z, y), y), with y the real batch's labels; with
+        `mode_seeking` = lambda_ms > 0, the generator also pays lambda_ms * L_ms (`mode_seeking_loss`)."""
         kind = nets.cfg.gan_loss
         x, y = batch["x"], batch["y"]
         G, D = nets["G"], nets["D"]
         z = torch.randn(x.shape[0], nets.cfg.z_dim, device=x.device, dtype=x.dtype)
         fake = G(z, y)  # (B, C, H, W)
-        loss_g = gan_loss_g(D(fake, y), kind)
+        loss_g_gan = gan_loss_g(D(fake, y), kind)
         loss_d = gan_loss_d(D(x, y), D(fake.detach(), y), kind)
-        return {"loss_g": loss_g, "loss_d": loss_d, "loss_g_gan": loss_g.detach(), "loss_d_gan": loss_d.detach()}
+        out = {"loss_g": loss_g_gan, "loss_d": loss_d, "loss_g_gan": loss_g_gan.detach(), "loss_d_gan": loss_d.detach()}
+        if nets.cfg.mode_seeking > 0:
+            z2 = torch.randn_like(z)
+            loss_ms = mode_seeking_loss(fake, G(z2, y), z, z2)
+            out.update(loss_g=loss_g_gan + nets.cfg.mode_seeking * loss_ms, loss_ms=loss_ms.detach())
+        return out
 
     def bicycle_gan_loss(self, nets: GANNets, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """BicycleGAN = cVAE-GAN (B -> z -> B^) + cLR-GAN (z -> B~ -> z^), full batch for both branches."""

@@ -35,6 +35,7 @@ class GANConfig:
     z_dim: int = 16  # latent size (BicycleGAN uses 8)
     width: int = 32  # base channel count; deeper layers use width * 2^i, capped at width * 8
     gan_loss: Literal["lsgan", "hinge"] = "lsgan"  # LSGAN is BicycleGAN's default
+    mode_seeking: float = 0.0  # lambda_ms of the label generator's mode-seeking term (MSGAN); 0: off
     # label G's first layer: "deconv" = DCGAN's project-and-reshape as ConvTranspose2d(2 z_dim, C0, 4) on a
     # 1 x 1 input (a conv, so Piggyback banks its filters); "linear" = Linear(2 z_dim, C0 * 16), the layer of
     # checkpoints written before this option (a file without the key loads as "linear")
@@ -57,6 +58,8 @@ class GANConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.piggyback_ratio is not None and not 0.0 < self.piggyback_ratio <= 1.0:
             raise ValueError(f"piggyback_ratio must be in (0, 1], got {self.piggyback_ratio}")
+        if self.mode_seeking < 0:
+            raise ValueError(f"mode_seeking must be >= 0, got {self.mode_seeking}")
         if self.piggyback_tasks < 0:
             raise ValueError(f"piggyback_tasks must be >= 0, got {self.piggyback_tasks}")
 

@@ -102,6 +102,7 @@ class GANParams(_Section):
     z_dim: int = Field(16, gt=0)  # noise size of the label-conditioned generator
     latent_dim: int = Field(8, gt=0)  # BicycleGAN's |z| for the image-conditioned generator
     gan_loss: Literal["lsgan", "hinge"] = "lsgan"
+    mode_seeking: float = Field(0.0, ge=0)  # lambda_ms (MSGAN) of the label generator; 0: off
     steps_per_task: int = Field(300, gt=0)  # all GAN methods get the same budget
     batch_size: int = Field(64, gt=0)
     lr: float = Field(2e-4, gt=0)  # Adam(beta1 = 0.5), BicycleGAN's default

@@ -12,6 +12,7 @@ from lifelong.methods.gan import (
     gan_loss_d,
     gan_loss_g,
     kl_to_standard_normal,
+    mode_seeking_loss,
 )
 from lifelong.methods.lifelong_gan import LifelongGAN
 from lifelong.models import piggyback
@@ -54,6 +55,35 @@ def test_gan_losses_on_hand_made_logits():
     assert gan_loss_d(torch.ones(3), torch.zeros(3), "lsgan").item() == 0.0
     with pytest.raises(ValueError, match="lsgan"):
         gan_loss_g(fake, "wgan")
+
+
+def test_mode_seeking_loss_is_small_for_spread_and_large_for_collapsed_generators():
+    z1, z2 = torch.zeros(2, 4), torch.ones(2, 4)  # mean |z1 - z2| = 1
+    spread, collapsed = torch.full((2, 1, 2, 2), 0.5), torch.zeros(2, 1, 2, 2)
+    assert mode_seeking_loss(spread, collapsed, z1, z2).item() == pytest.approx(1 / (0.5 + 1e-5))
+    assert mode_seeking_loss(collapsed, collapsed, z1, z2).item() == pytest.approx(1e5)
+
+
+def test_mode_seeking_adds_lambda_times_its_term_to_the_label_generator_loss():
+    cfg = GANConfig(**{**_cfg("label").to_dict(), "mode_seeking": 0.5})
+    torch.manual_seed(0)
+    nets = build_gan(cfg)
+    method = GANFineTune(cfg)
+    method.before_task(TASK2, None)
+    torch.manual_seed(7)
+    out = method.loss(nets, _batch())
+    torch.manual_seed(7)  # the same draws by hand: z, then z2
+    z = torch.randn(4, cfg.z_dim)
+    z2 = torch.randn_like(z)
+    y = _batch()["y"]
+    with torch.no_grad():
+        fake, fake2 = nets["G"](z, y), nets["G"](z2, y)
+        expected_ms = mode_seeking_loss(fake, fake2, z, z2)
+        expected = gan_loss_g(nets["D"](fake, y), "lsgan") + 0.5 * expected_ms
+    assert out["loss_ms"].item() == pytest.approx(expected_ms.item(), rel=1e-5)
+    assert out["loss_g"].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="mode_seeking"):
+        GANConfig(condition="label", mode_seeking=-1.0)
 
 
 def test_kl_to_standard_normal():
