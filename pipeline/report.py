@@ -114,7 +114,8 @@ def plot_all(nested: dict, samples: dict[str, dict], out_dir) -> list:
         fig, ax = plt.subplots(figsize=(width / 24, grid.shape[0] / 24 + 0.4))
         ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
         ax.set_axis_off()
-        what = "rows per task: A, generated, B" if method.startswith("image-") else "row = class"
+        what = ("rows per task: A, generated, B" if method.startswith("image-") else
+                "row = task: the samples most like it" if next(iter(per_class)).startswith("task_") else "row = class")
         ax.set_title(f"{method}: samples after the last task ({what})", fontsize=7)
         written.append(out_dir / f"samples-{method}.png")
         fig.savefig(written[-1], dpi=100, bbox_inches="tight")
