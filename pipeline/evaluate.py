@@ -200,12 +200,13 @@ def unconditional_task(params, scenario: str, net, cfg, k: int, j: int, classifi
     seen = sorted(c for t in range(1, k + 1) for c in params.task_classes(scenario, t))
     bank = banked_net(net)
     own = piggyback.active_task(bank) if piggyback.is_piggyback(bank) else 0  # piggyback: task j's own network
-    if own not in pools:
+    key = (id(net), own)  # one pool per network the row generates with
+    if key not in pools:
         n = params.eval.samples_per_class * len(seen)
         images = generate(net, torch.zeros(n, dtype=torch.long), cfg=cfg, steps=params.eval.ddim_steps,
                           seed=eval_seed(params.seed, k, own), batch_size=params.eval.batch_size, device=device)
-        pools[own] = (images, class_probabilities(load_classifier(classifier_path).to(device), images))
-    images, probs = pools[own]
+        pools[key] = (images, class_probabilities(load_classifier(classifier_path).to(device), images))
+    images, probs = pools[key]
     classes = params.task_classes(scenario, j)
     idx = most_like_task(probs, classes, params.eval.samples_per_class * len(classes))
     return images[idx], None, {"class_kl": class_balance_kl(probs, seen)}

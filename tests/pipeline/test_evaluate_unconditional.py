@@ -30,7 +30,7 @@ def test_each_task_gets_the_pools_most_task_like_samples_and_the_row_its_class_b
     pools = {}
     out = {j: unconditional_task(params, "label", net, cfg, 2, j, classifier_path, pools, "cpu") for j in (1, 2)}
     assert len(pools) == 1  # one pool of 6 x 2 samples for the whole row
-    pool, probs = pools[0]
+    (pool, probs), = pools.values()
     assert pool.shape == (12, 16, 16) and pool.dtype == np.uint8
     clf = load_classifier(classifier_path)
     for j, cls in ((1, 0), (2, 1)):
