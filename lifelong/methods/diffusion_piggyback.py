@@ -31,13 +31,8 @@ class DiffusionPiggyback(FineTune):
         self.warm_start = warm_start
 
     def prepare(self, model: nn.Module, task: TaskInfo) -> nn.Module:
-        if not piggyback.is_piggyback(model):
-            if task.index != 1:
-                raise ValueError(f"diffusion-piggyback task {task.index}: the previous UNet has no filter bank; "
-                                 f"its model must come from diffusion-piggyback's own task {task.index - 1}")
-            piggyback.piggyback_(model, self.filter_ratio)  # task 1: every filter free, the bank is empty
-        else:
-            piggyback.add_task(model, warm_start=self.warm_start)  # task t: U_t free, M_t over the frozen bank
+        tasks = piggyback.for_task(model, task.index, self.filter_ratio, warm_start=self.warm_start,
+                                   method="diffusion-piggyback")
         self.cfg.piggyback_ratio = self.filter_ratio  # the exported file says how to rebuild the structure
-        self.cfg.piggyback_tasks = piggyback.num_tasks(model)
+        self.cfg.piggyback_tasks = tasks
         return model

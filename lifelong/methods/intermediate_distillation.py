@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lifelong.methods.replay import ReplayBatch, ReplayMethod, distillation_target
+from lifelong.methods.replay import ReplayBatch, ReplayMethod, distillation_target, replay_labels
 from lifelong.methods.losses import NoisedBatch
 from lifelong.models.diffusion import DiffusionConfig, drop_labels, guided_eps, make_ddim_scheduler
 
@@ -64,10 +64,8 @@ def ddim_states(
 class IntermediateDistillation(ReplayMethod):
     def replay_batch(self, x0: Tensor) -> ReplayBatch:
         n = x0.shape[0]
-        classes = torch.as_tensor(self.task.previous_classes, dtype=torch.long)
-        y_hat = classes[torch.randint(len(classes), (n,), generator=self.generator)]
-        T = self.cfg.num_train_timesteps
-        t = torch.randint(0, T, (n,), generator=self.generator)
+        y_hat = replay_labels(self.task.previous_classes, n, self.generator)
+        t = torch.randint(0, self.cfg.num_train_timesteps, (n,), generator=self.generator)
         x_t = ddim_states(self.teacher, y_hat, t, self.cfg, self.replay_ddim_steps, self.generator).to(x0)
         y_hat = drop_labels(y_hat.to(x0.device), self.cfg)
         q = NoisedBatch(x_t=x_t, t=t.to(x0.device), eps=torch.empty(0))  # no eps: the state was not noised

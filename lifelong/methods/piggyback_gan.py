@@ -32,16 +32,8 @@ class PiggybackGAN(GANFineTune):
         self.warm_start = warm_start
 
     def prepare(self, nets, task: TaskInfo):
-        G = nets["G"]
-        if not piggyback.is_piggyback(G):
-            if task.index != 1:  # a previous model that is not piggyback (e.g. another method's)
-                raise ValueError(f"piggyback_gan task {task.index}: the previous generator has no filter bank; "
-                                 "its model must come from piggyback_gan's own task "
-                                 f"{task.index - 1}")
-            piggyback.piggyback_(G, self.filter_ratio)  # task 1: every filter free, the bank is empty
-        else:
-            # task t: U_t free, M_t mixes the frozen bank [U_1; ...; U_{t-1}]
-            piggyback.add_task(G, warm_start=self.warm_start)
-        nets.cfg.piggyback_ratio = self.filter_ratio
-        nets.cfg.piggyback_tasks = piggyback.num_tasks(G)
+        tasks = piggyback.for_task(nets["G"], task.index, self.filter_ratio, warm_start=self.warm_start,
+                                   method="piggyback_gan")
+        nets.cfg.piggyback_ratio = self.filter_ratio  # the exported file says how to rebuild the structure
+        nets.cfg.piggyback_tasks = tasks
         return nets

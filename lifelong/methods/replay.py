@@ -22,6 +22,14 @@ from lifelong.methods.losses import NoisedBatch, eps_mse, forward_diffuse
 from lifelong.models.diffusion import DiffusionConfig, ddim_sample, drop_labels
 
 
+def replay_labels(previous_classes: list[int], n: int, generator: torch.Generator | None = None) -> Tensor:
+    """y^ (n,): labels drawn uniformly from the earlier tasks' classes."""
+    if not previous_classes:
+        raise ValueError("replay needs at least one class from earlier tasks")
+    classes = torch.as_tensor(previous_classes, dtype=torch.long)
+    return classes[torch.randint(len(classes), (n,), generator=generator)]
+
+
 def sample_replay(
     teacher: nn.Module,
     previous_classes: list[int],
@@ -31,10 +39,7 @@ def sample_replay(
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """A replay batch from the frozen teacher: x^ (n, C, H, W) in [-1, 1] and y^ (n,), on the teacher's device."""
-    if not previous_classes:
-        raise ValueError("replay needs at least one class from earlier tasks")
-    classes = torch.as_tensor(previous_classes, dtype=torch.long)
-    y_hat = classes[torch.randint(len(classes), (n,), generator=generator)]  # uniform over earlier classes
+    y_hat = replay_labels(previous_classes, n, generator)
     x_hat = ddim_sample(teacher, y_hat, cfg=cfg, num_steps=steps, generator=generator)
     return x_hat, y_hat.to(x_hat.device)
 

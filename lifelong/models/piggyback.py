@@ -308,6 +308,21 @@ def add_task(model: nn.Module, *, warm_start: bool = False) -> None:
         layer.add_task(warm_start=warm_start)
 
 
+def for_task(model: nn.Module, task_index: int, ratio: float, *, warm_start: bool, method: str) -> int:
+    """In place: `model` as task `task_index` of a piggyback method trains it. Task 1 turns a plain
+    network into its piggyback form (every filter free, the bank empty); task t >= 2 adds a task to the
+    network task t-1 left (U_t free, M_t over the frozen bank [U_1; ...; U_{t-1}]). Returns the number of
+    tasks the network now holds. A plain network after task 1 (another method's model) is one error."""
+    if not is_piggyback(model):
+        if task_index != 1:
+            raise ValueError(f"{method} task {task_index}: the previous network has no filter bank; its model "
+                             f"must come from {method}'s own task {task_index - 1}")
+        piggyback_(model, ratio)
+    else:
+        add_task(model, warm_start=warm_start)
+    return num_tasks(model)
+
+
 def set_task(model: nn.Module, t: int) -> None:
     _check_task(t, num_tasks(model))
     for layer in _layers(model):

@@ -304,3 +304,14 @@ def test_cold_start_draws_fresh_filters_in_the_old_order():
     assert torch.equal(layer.free[1], weight[:1]) and torch.equal(layer.mix[0], mix)
     assert torch.equal(layer.biases[1], bias)
     assert not torch.allclose(layer.weight_for(2), layer.weight_for(1))
+
+
+def test_for_task_converts_at_task_one_adds_later_and_refuses_a_plain_later_model():
+    from lifelong.models.piggyback import active_task, for_task
+
+    torch.manual_seed(0)
+    model = _generator()
+    assert for_task(model, 1, 0.5, warm_start=True, method="m") == 1
+    assert for_task(model, 2, 0.5, warm_start=True, method="m") == 2 and active_task(model) == 2
+    with pytest.raises(ValueError, match="m task 3: the previous network has no filter bank.*m's own task 2"):
+        for_task(_generator(), 3, 0.5, warm_start=True, method="m")
