@@ -2,7 +2,8 @@
 
 A spec (plain dict, shipped to the worker in TaskTrainConfig.objective):
     classifier         absolute path of the feature extractor / classifier checkpoint
-    feature_extractor  "lifelong-cnn" | "inception-v3-compat"
+    feature_extractor  "lifelong-cnn" | "inception-v3-compat" | "auto" (resolved by each measurement;
+                       pipeline/tune.py resolves it once for the whole search)
     tasks              [[classes of task 1], ..., [classes of task k]]: every seen task
     real_shards        [[test shard paths of task 1], ...]: one list per seen task
     samples_per_class, ddim_steps, seed, kid_subset_size

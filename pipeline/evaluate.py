@@ -8,8 +8,11 @@ generates task j:
 - image scenario: G(A, z) for every test condition A of task j, against the real targets B, plus
   the mean L1 distance to B.
 Every cell (k, j) draws fresh noise (`lifelong.evaluation.eval_seed`), for every method alike.
-FID/KID use the same offline feature extractor everywhere; acc is the classifier's on the samples; div
-their diversity next to the real images' (per class; ~1 as varied as the data, ~0 mode collapse).
+FID/KID use the same offline feature extractor everywhere: eval.feature_extractor, `auto` resolved once
+per stage (Inception when its weights file is present, else the classifier), and the evaluation file
+records the one used; acc is the classifier's on the samples; div their diversity next to the real
+images' (per class; ~1 as varied as the data, ~0 mode collapse). RGB images (image_data.channels 3) are
+generated and compared in RGB (L1, Inception features); the grayscale classifier sees their luminance.
 Which weights generate task j after task k is the method's (lifelong.catalog `old_task_weights`): the
 task-k model, task j's own model (standalone), or the task-k model switched to task j's filters
 (piggyback_gan); `lifelong.evaluation.weights_for_task` picks them.
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "teacher_passes": teacher_passes(receipts),
         "class_kl_final": ev["class_kl"][-1], "class_kl": ev["class_kl"], "setting": ev["setting"],
         **ev["counts"], "noise_floor": floor,
-        "feature_extractor": params.eval.feature_extractor, "eval_seconds": time.time() - t0,
+        "feature_extractor": ev["feature_extractor"], "eval_seconds": time.time() - t0,
         "versions": [r["version"] for r in receipts], "model_name": last["model_name"],
     }
     write_json(lay.eval_result(scenario, chain), out)
@@ -111,15 +114,20 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real: dict, classifier: bytes,
                  tracking_uri: str) -> dict:
     """The task x task matrices of one chain (`run`: a run or `<run>-seed<i>`): {"matrix", "rows" (the MLflow row of each task k), "samples"
-    (the final grid), "counts" (parameters), "noise_floor" (per task)}. Fetches each task's registered
-    version itself, so it runs the same in the stage's process or as a Ray task on any node."""
+    (the final grid), "counts" (parameters), "noise_floor" (per task), "feature_extractor" (the one every
+    FID/KID here is in)}. Fetches each task's registered version itself, so it runs the same in the stage's
+    process or as a Ray task on any node; eval.feature_extractor `auto` is resolved here, once, on the
+    node that measures (where the Inception weights file must be)."""
     import mlflow
     import torch
 
-    from lifelong.evaluation import noise_floor, quality, weights_for_task
+    from lifelong.evaluation import noise_floor, quality, resolve_feature_extractor, weights_for_task
     from lifelong.models import load_model, model_config
 
     mlflow.set_tracking_uri(tracking_uri)
+    extractor = resolve_feature_extractor(params.eval.feature_extractor)
+    print(f"[evaluate] FID/KID features: {extractor} (eval.feature_extractor: {params.eval.feature_extractor})",
+          flush=True)
     spec = run_spec(split_chain(run)[0])
     T = len(receipts)
     device = torch.device("cuda" if params.train.use_gpu and torch.cuda.is_available() else "cpu")
@@ -130,7 +138,7 @@ def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real:
     with tempfile.TemporaryDirectory() as tmp:
         classifier_path = Path(tmp) / "classifier.pt"
         classifier_path.write_bytes(classifier)
-        measure = dict(classifier_path=str(classifier_path), feature_extractor=params.eval.feature_extractor,
+        measure = dict(classifier_path=str(classifier_path), feature_extractor=extractor,
                        kid_subset_size=params.eval.kid_subset_size, device=device.type)
         floor = {key: [] for key in ("fid", "kid", "n")}
         class_kl: list[float | None] = [None] * T  # per row: an unconditional model's class balance
@@ -173,7 +181,7 @@ def evaluate_run(*, params, scenario: str, run: str, receipts: list[dict], real:
             if spec.old_task_weights != "own_model":
                 models = {k: models[k]}  # only a model per task (standalone) needs the earlier ones again
     return {"matrix": matrix, "rows": rows, "samples": samples, "noise_floor": floor, "class_kl": class_kl,
-            "setting": setting_of(spec.family, cfg),
+            "setting": setting_of(spec.family, cfg), "feature_extractor": extractor,
             "counts": parameter_counts(spec.old_task_weights == "own_model", models[T], T)}
 
 
@@ -231,8 +239,8 @@ def _log(client, run_id: str, metrics: dict, step: int = 0) -> None:
 
 
 def generate_task(params, scenario: str, family: str, net, cfg, k: int, j: int, real_j, device):
-    """Task j's images generated after task k (uint8 (N, H, W)), the labels they stand for (None: no
-    classes), extra metrics."""
+    """Task j's images generated after task k (uint8 (N, H, W); the image scenario in RGB: (N, H, W, 3)),
+    the labels they stand for (None: no classes), extra metrics."""
     from lifelong.evaluation.generate import eval_seed, gan_generate_per_class, gan_translate, generate_per_class
 
     seed = eval_seed(params.seed, k, j)
@@ -256,7 +264,7 @@ def grid_samples(scenario: str, j: int, images, labels, real_j, n: int = 8) -> d
     """label: 8 samples per class (`class_<c>`); image: rows A | generated | B of task j (`task_<j>`)."""
     if scenario == "image":
         a, b, _ = real_j
-        return {f"task_{j}": np.stack([a[:n], images[:n], b[:n]])}  # (3, n, H, W)
+        return {f"task_{j}": np.stack([a[:n], images[:n], b[:n]])}  # (3, n, H, W), RGB (3, n, H, W, 3)
     if labels is None:  # an unconditional model: task j's most task-j-like samples
         return {f"task_{j}": images[:n]}
     return {f"class_{c}": images[labels == c][:n] for c in np.unique(labels)}

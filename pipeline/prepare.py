@@ -5,7 +5,9 @@
 
 Writes <shards>/task-<k>/{train,test}-NNNNNN.tar and <shards>/manifest.json (counts, shard digests).
 Same params -> same bytes, so DVC does not retrain anything when nothing changed, and changing task
-k re-runs only task k and later.
+k re-runs only task k and later. image_data.channels 3 stores the image scenario's pairs as RGB png
+(other bytes, another digest: everything trained on them re-runs); derived tasks, whose source
+data.dataset is grayscale, repeat their gray in R, G and B.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ def _first(n: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def prepare_image(params) -> dict:
-    """Each image task's (A, B, label) pairs: derived from data.dataset, or read from a pix2pix folder."""
+    """Each image task's (A, B, label) pairs: derived from data.dataset, or read from a pix2pix folder;
+    uint8 (N, H, W) each, or (N, H, W, 3) with image_data.channels 3."""
     from lifelong.data import derive_pairs, load_pix2pix_folder, load_split, write_paired_shards
+    from lifelong.images import gray_to_rgb
 
     d, im = params.data, params.image_data
     source: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -40,7 +44,8 @@ def prepare_image(params) -> dict:
         per_split = {}
         for split, cap in (("train", im.train_per_task), ("test", im.test_per_task)):
             if spec.root is not None:  # pix2pix folder: no classes, every pair is labelled -1
-                a, b = load_pix2pix_folder(spec.root, split, image_size_px=d.image_size_px, direction=spec.direction)
+                a, b = load_pix2pix_folder(spec.root, split, image_size_px=d.image_size_px, direction=spec.direction,
+                                           channels=im.channels)
                 labels = np.full(len(a), -1, dtype=np.int64)
             else:
                 if split not in source:
@@ -50,12 +55,15 @@ def prepare_image(params) -> dict:
                 if len(a) == 0:
                     raise SystemExit(f"image_data.tasks[{k - 1}] ({spec.name}): classes {spec.classes} have no "
                                      f"images in the {split} split of {d.dataset}")
-            per_split[split] = _first(cap, a, b, labels)
+            a, b, labels = _first(cap, a, b, labels)
+            if spec.root is None and im.channels == 3:  # derived from the grayscale dataset: R = G = B
+                a, b = gray_to_rgb(a), gray_to_rgb(b)
+            per_split[split] = a, b, labels
         tasks.append(per_split)
     manifest = write_paired_shards(layout().paired_shards, tasks, samples_per_shard=im.samples_per_shard,
                                    names=[t.name for t in im.tasks])
-    print(f"[prepare] image scenario: {len(tasks)} tasks "
-          f"({', '.join(t.name for t in im.tasks)}), digest {manifest['digest'][:12]}", flush=True)
+    print(f"[prepare] image scenario: {len(tasks)} tasks ({', '.join(t.name for t in im.tasks)}), "
+          f"{'RGB' if im.channels == 3 else 'grayscale'}, digest {manifest['digest'][:12]}", flush=True)
     return manifest
 
 

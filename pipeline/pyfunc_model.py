@@ -8,7 +8,8 @@
 An unconditional diffusion model (`model.conditional: false`) takes the same `class` column and ignores
 its values: one sample per row, of whichever seen class the model draws.
 Image-conditioned runs (the `image` scenario) take a `condition` column instead: one H x W image per
-row (nested lists of floats in [0, 1], the A side of the task, e.g. an edge map) and return G(A, z).
+row (nested lists of floats in [0, 1], the A side of the task, e.g. an edge map; H x W x 3 for a model
+trained with image_data.channels 3) and return G(A, z), float32 (N, 3, H, W) for such a model.
 
 The version's alias picks the task: `@task-k` is the model registered after task k, generating as it
 did then (a Piggyback GAN's filter bank is switched to task k's filters). With the default params a
@@ -69,7 +70,9 @@ class LifelongGenerator(mlflow.pyfunc.PythonModel):
             else:
                 images = generate(self.net, labels, cfg=self.cfg, steps=p["ddim_steps"], seed=p["seed"],
                                   batch_size=p["batch_size"])
-        return images[:, None].astype(np.float32) / np.float32(255.0)  # uint8 (N, H, W) -> (N, 1, H, W) in [0, 1]
+        # uint8 (N, H, W) -> (N, 1, H, W), RGB (N, H, W, 3) -> (N, 3, H, W), in [0, 1]
+        images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+        return images.astype(np.float32) / np.float32(255.0)
 
 
 mlflow.models.set_model(LifelongGenerator())

@@ -65,7 +65,9 @@ def build_metrics(results: dict[str, dict[str, list[dict]]]) -> dict:
             for scenario, runs in results.items()}
 
 
-def plot_all(nested: dict, samples: dict[str, dict], out_dir) -> list:
+def plot_all(nested: dict, samples: dict[str, dict], out_dir, features: dict[str, str] | None = None) -> list:
+    """The heatmaps, the FID-after-each-task curves (their axis names the scenario's `features`, see
+    `feature_spaces`) and the sample grids, as PNGs in out_dir; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,8 +99,9 @@ def plot_all(nested: dict, samples: dict[str, dict], out_dir) -> list:
             steps = range(1, len(fid) + 1)
             axes[0].plot(steps, [np.mean([v for v in row if v is not None]) for row in fid], marker="o", label=run)
             axes[1].plot(steps, [row[0] for row in fid], marker="o", label=run)
-        axes[0].set(title=f"{scenario}: mean FID over seen tasks", xlabel="after task", ylabel="FID")
-        axes[1].set(title=f"{scenario}: FID of task 1 (forgetting)", xlabel="after task", ylabel="FID")
+        ylabel = f"FID ({features[scenario]})" if features and scenario in features else "FID"
+        axes[0].set(title=f"{scenario}: mean FID over seen tasks", xlabel="after task", ylabel=ylabel)
+        axes[1].set(title=f"{scenario}: FID of task 1 (forgetting)", xlabel="after task", ylabel=ylabel)
         axes[0].legend(fontsize=6)
         fig.tight_layout()
         written.append(out_dir / f"fid-after-each-task-{scenario}.png")
@@ -108,13 +111,15 @@ def plot_all(nested: dict, samples: dict[str, dict], out_dir) -> list:
     for method, per_class in samples.items():  # final model; label: one row per class, image: A | gen | B
         if not per_class:
             continue
-        rows = [_sample_row(v) for _, v in sorted(per_class.items(), key=lambda kv: int(kv[0].split("_")[1]))]
+        triple = method.startswith("image-")  # each entry: A, generated, B
+        rows = [_sample_row(v, triple) for _, v in sorted(per_class.items(), key=lambda kv: int(kv[0].split("_")[1]))]
         width = max(r.shape[1] for r in rows)
-        grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]))) for r in rows], axis=0)
+        grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1])) + ((0, 0),) * (r.ndim - 2))
+                               for r in rows], axis=0)  # (rows, width) gray or (rows, width, 3) RGB
         fig, ax = plt.subplots(figsize=(width / 24, grid.shape[0] / 24 + 0.4))
-        ax.imshow(grid, cmap="gray", vmin=0, vmax=255)
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=255)  # an RGB grid is shown in colour (cmap unused)
         ax.set_axis_off()
-        what = ("rows per task: A, generated, B" if method.startswith("image-") else
+        what = ("rows per task: A, generated, B" if triple else
                 "row = task: the samples most like it" if next(iter(per_class)).startswith("task_") else "row = class")
         ax.set_title(f"{method}: samples after the last task ({what})", fontsize=7)
         written.append(out_dir / f"samples-{method}.png")
@@ -123,9 +128,10 @@ def plot_all(nested: dict, samples: dict[str, dict], out_dir) -> list:
     return written
 
 
-def _sample_row(v: np.ndarray) -> np.ndarray:
-    """(n, H, W) -> one strip (H, n*W); (3, n, H, W) image-scenario triple -> three strips stacked."""
-    if v.ndim == 4:
+def _sample_row(v: np.ndarray, triple: bool) -> np.ndarray:
+    """(n, H, W) -> one strip (H, n*W); an image-scenario `triple` (3, n, H, W) (A, generated, B) -> three
+    strips stacked (3H, n*W). RGB images (a trailing axis of 3) keep it: (H, n*W, 3), (3H, n*W, 3)."""
+    if triple:
         return np.concatenate([np.concatenate(list(part), axis=1) for part in v], axis=0)
     return np.concatenate(list(v), axis=1)
 
@@ -136,19 +142,37 @@ def within_floor(forgetting: float | None, floor: float | None) -> bool:
     return forgetting is not None and floor is not None and abs(forgetting) <= floor
 
 
-def report_markdown(nested: dict, feature_extractor: str, settings: dict | None = None) -> str:
-    """`settings`: {(scenario, run): "class-conditional" | "unconditional" | "gan"}; an unconditional run is
-    marked in its row."""
+def feature_spaces(results: dict[str, dict[str, list[dict]]]) -> dict[str, str]:
+    """Per scenario, the features its FID and KID are in, from its evaluations (each records the extractor
+    it used, eval.feature_extractor `auto` resolved): one name, or, when they differ (`auto` on machines
+    with and without the Inception weights), each run's, e.g. "gan-a: lifelong-cnn; gan-b: inception-v3-compat"
+    (then the runs' FIDs do not compare)."""
+    out = {}
+    for scenario, runs in results.items():
+        per_run = {run: ", ".join(sorted({e["feature_extractor"] for e in evals})) for run, evals in runs.items()}
+        names = set(per_run.values())
+        out[scenario] = names.pop() if len(names) == 1 else "; ".join(f"{run}: {x}" for run, x in per_run.items())
+    return out
+
+
+def report_markdown(nested: dict, features: str | dict[str, str], settings: dict | None = None) -> str:
+    """`features`: the FID/KID feature extractor, one for every scenario or {scenario: its features}
+    (`feature_spaces`); `settings`: {(scenario, run): "class-conditional" | "unconditional" | "gan"}; an
+    unconditional run is marked in its row."""
     settings = settings or {}
+    features = features if isinstance(features, dict) else {scenario: features for scenario in nested}
     n_seeds = sorted({m["n_seeds"] for runs in nested.values() for m in runs.values()})
     seeds = " or ".join(map(str, n_seeds))
+    spaces = set(features.values())
+    where = f"the features of `{spaces.pop()}`" if len(spaces) == 1 else "the features each scenario names"
     lines = [
         "# Continual learning report",
         "",
-        f"FID and KID in the features of `{feature_extractor}` (lower is better; KID shown x10^3); acc: the",
+        f"FID and KID in {where} (lower is better; KID shown x10^3); acc: the",
         "classifier's accuracy on generated samples (fraction, higher is better); div: their diversity, the mean",
         "pairwise feature distance within a class over the real images' (about 1: as varied as the data; near 0:",
-        "mode collapse). Forgetting: final minus best earlier value, mean over tasks 1..T-1 (FID: positive =",
+        "mode collapse); the classifier is grayscale and judges RGB images by their luminance.",
+        "Forgetting: final minus best earlier value, mean over tasks 1..T-1 (FID: positive =",
         "worse; acc: positive = lost accuracy). BWT: final minus just-trained value, mean over tasks 1..T-1",
         "(FID: positive = worse; acc: negative = worse).",
         "",
@@ -179,7 +203,8 @@ def report_markdown(nested: dict, feature_extractor: str, settings: dict | None 
     for scenario, runs in nested.items():
         image = scenario == "image"
         lines += ["", f"## Scenario `{scenario}`" + (" (image-conditioned: A -> B)" if image else
-                                                    " (label-conditioned, class-incremental)"), ""]
+                                                    " (label-conditioned, class-incremental)"), "",
+                  f"FID/KID features: `{features[scenario]}`.", ""]
         floor = next(iter(runs.values()))["noise_floor"]  # the same test images for every run
         lines += ["Noise floor per task: " + ", ".join(
             f"task {j}: FID {f:.2f}, KID x10^3 {1e3 * kd:.2f} (n = {n:.0f})"
@@ -224,11 +249,11 @@ def main(argv: list[str] | None = None) -> int:
                 samples[f"{scenario}-{run}"] = {k: f[k] for k in f.files}
     metrics = build_metrics(results)
     write_json(lay.metrics, metrics)
-    extractor = next(iter(next(iter(results.values())).values()))[0]["feature_extractor"]
-    written = plot_all(metrics, samples, lay.plots)
+    features = feature_spaces(results)
+    written = plot_all(metrics, samples, lay.plots, features)
     settings = {(scenario, run): evals[0].get("setting") for scenario, runs in results.items()
                 for run, evals in runs.items()}
-    lay.report.write_text(report_markdown(metrics, extractor, settings))
+    lay.report.write_text(report_markdown(metrics, features, settings))
 
     experiment_id = setup_mlflow(params, lay)
     with mlflow.start_run(experiment_id=experiment_id, run_name="report", tags={"dvc_stage": "report"}):

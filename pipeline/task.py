@@ -19,12 +19,14 @@ TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "tr
 
 
 def model_config(params: Params, scenario: str, family: str) -> dict:
-    """The model config of a run: its family's section of params.yaml, sized for the scenario's data."""
+    """The model config of a run: its family's section of params.yaml, sized for the scenario's data
+    (the image scenario's A and B have image_data.channels channels; the label scenario is grayscale)."""
     if family == "gan":
         from lifelong.models.gan import GANConfig
 
         g = params.gan
-        return GANConfig(condition=scenario, image_size_px=params.data.image_size_px, in_channels=1,
+        in_channels = params.image_data.channels if scenario == "image" else 1
+        return GANConfig(condition=scenario, image_size_px=params.data.image_size_px, in_channels=in_channels,
                          num_classes=params.num_classes,
                          z_dim=g.z_dim if scenario == "label" else g.latent_dim, width=g.width,
                          gan_loss=g.gan_loss, mode_seeking=g.mode_seeking).to_dict()

@@ -136,6 +136,7 @@ def trial_context(params: Params, lay: Layout, train_storage: str) -> dict:
     a storage root (storage.uri) the URLs of the shards and the classifier published there, which
     workers on any node fetch and check."""
     from lifelong.data import task_shard_files, verify_shards
+    from lifelong.evaluation.fidelity import resolve_feature_extractor
     from lifelong.storage import publish_file, publish_shards
 
     tp = params.tune
@@ -159,7 +160,9 @@ def trial_context(params: Params, lay: Layout, train_storage: str) -> dict:
         "objective": {
             "kind": tp.objective, "alpha": tp.objective_alpha,
             "classifier": publish_file(str(lay.classifier), root, "models") if root else str(lay.classifier),
-            "feature_extractor": params.eval.feature_extractor, "kid_subset_size": params.eval.kid_subset_size,
+            # `auto` resolved once, here: every trial's objective is then in one feature space
+            "feature_extractor": resolve_feature_extractor(params.eval.feature_extractor),
+            "kid_subset_size": params.eval.kid_subset_size,
             "samples_per_class": tp.samples_per_class, "ddim_steps": tp.ddim_steps, "seed": params.seed,
         },
     }

@@ -7,7 +7,9 @@
 
 All decode ``png``/``cond.png`` bytes with PIL and parse ``cls`` as an int; nothing is ever
 unpickled, so a tampered shard cannot run code (WebDataset's default decoders unpickle
-``.pyd``/``.pth``).
+``.pyd``/``.pth``). A png is read as it was written: an RGB png (image scenario,
+``image_data.channels: 3``) as uint8 (H, W, 3) and batches (B, 3, H, W); any other as grayscale,
+uint8 (H, W) and batches (B, 1, H, W).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import webdataset as wds
 from PIL import Image
 
 from lifelong.data.shards import ShardError
+from lifelong.images import to_model_range
 
 _REPAIR_HINT = "re-run the prepare stage (`dvc repro prepare`)"
 
@@ -74,7 +77,8 @@ def train_pair_batches(
 ) -> wds.WebLoader:
     """``train_batches`` for paired shards: exactly ``num_batches`` batches ``(a, b, y)`` per rank.
 
-    a (condition), b (target): float32 (B, 1, H, W) in [-1, 1], row i of a belongs to row i of b;
+    a (condition), b (target): float32 (B, C, H, W) in [-1, 1] (C = 3 for RGB shards, else 1), row i
+    of a belongs to row i of b;
     y: int64 (B,) (-1 for data without classes). Resampling, seeding and DDP behaviour as in
     ``train_batches``.
     """
@@ -85,7 +89,8 @@ def train_pair_batches(
 
 
 def read_all(shard_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read every sample of ``shard_paths`` in file order: (uint8 images (N, H, W), int64 labels (N,)).
+    """Read every sample of ``shard_paths`` in file order: (uint8 images (N, H, W), int64 labels (N,));
+    images (N, H, W, 3) from RGB shards.
 
     A missing, truncated or corrupt shard raises ``ShardError`` naming the file. On paired shards
     this reads the targets (B).
@@ -96,7 +101,7 @@ def read_all(shard_paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def read_all_pairs(shard_paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read every pair of ``shard_paths`` in file order: (uint8 conditions a (N, H, W), uint8 targets
-    b (N, H, W), int64 labels (N,)).
+    b (N, H, W), int64 labels (N,)); a and b (N, H, W, 3) from RGB shards.
 
     A missing, truncated or corrupt shard, or a sample without ``cond.png`` (class shards from
     ``write_dataset_shards``), raises ``ShardError`` naming the file.
@@ -165,7 +170,7 @@ def _read_members(shard_paths: list[str], members: tuple[str, ...], *, caller: s
 
 
 def _read_tar(path: str, members: tuple[str, ...] = ("png", "cls")) -> dict[str, dict]:
-    """Group a shard's ``members`` by key: {key: {"png": (H, W) uint8, "cls": int, ...}} in file order."""
+    """Group a shard's ``members`` by key: {key: {"png": uint8 (H, W) or (H, W, 3), "cls": int, ...}} in file order."""
     samples: dict[str, dict] = {}
     try:
         with tarfile.open(path, "r:") as tar:
@@ -187,8 +192,10 @@ def _read_tar(path: str, members: tuple[str, ...] = ("png", "cls")) -> dict[str,
 
 
 def _decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> uint8 (H, W, 3) for an RGB png, else uint8 (H, W) grayscale."""
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("L"), dtype=np.uint8)  # (H, W)
+        mode = "RGB" if im.mode == "RGB" else "L"
+        return np.asarray(im.convert(mode), dtype=np.uint8)
 
 
 def _decode_sample(sample: dict) -> tuple[np.ndarray, int]:
@@ -228,5 +235,4 @@ def _collate_pairs(samples: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[t
 
 
 def _to_model_range(images: tuple[np.ndarray, ...]) -> torch.Tensor:
-    x = torch.from_numpy(np.stack(images)).unsqueeze(1)  # (B, H, W) uint8 -> (B, 1, H, W)
-    return x.float() / 127.5 - 1.0  # [0, 255] -> [-1, 1], the range the generators model
+    return to_model_range(np.stack(images))  # uint8 (B, H, W[, 3]) -> float (B, C, H, W) in [-1, 1]

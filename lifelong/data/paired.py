@@ -1,10 +1,11 @@
 """Image-to-image data: each task maps a condition image A to a target image B.
 
-Two sources, both giving uint8 grayscale (N, H, W) arrays like the rest of ``lifelong.data``:
+Two sources, both giving uint8 arrays like the rest of ``lifelong.data`` (``lifelong.images``):
 - derived pairs: B is a dataset image, A = a condition computed from B (``CONDITIONS``); the
   built-in sequence ``FASHION_IMAGE_TASKS`` is Lifelong GAN's edges2shoes -> edges2handbags idea
-  (Zhai et al., ICCV 2019) on Fashion-MNIST, which works offline;
-- pix2pix-style folders (edges2shoes, facades, maps, ...): ``load_pix2pix_folder``.
+  (Zhai et al., ICCV 2019) on Fashion-MNIST, which works offline. Grayscale (N, H, W), as the dataset;
+- pix2pix-style folders (edges2shoes, facades, maps, ...): ``load_pix2pix_folder``, grayscale
+  (N, H, W) or, with ``channels=3``, RGB (N, H, W, 3).
 
 Conditions use integer arithmetic only, so the same B gives the same A bytes on every machine
 (shards built from them stay byte-reproducible).
@@ -33,6 +34,7 @@ FASHION_IMAGE_TASKS = [
 
 PIX2PIX_SPLITS = ("train", "val", "test")
 DIRECTIONS = ("AtoB", "BtoA")
+PIL_MODES = {1: "L", 3: "RGB"}  # image channels -> the PIL mode a pix2pix file is converted to
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,19 +151,23 @@ def load_pix2pix_folder(
     image_size_px: int | None = None,
     *,
     direction: str = "AtoB",
+    channels: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read a pix2pix-style paired folder as (a uint8 (N, H, W), b uint8 (N, H, W)), sorted file order.
+    """Read a pix2pix-style paired folder as (a, b) in sorted file order: uint8 (N, H, W) each, or
+    uint8 (N, H, W, 3) each with ``channels=3``.
 
     Each file holds A (left half) and B (right half) side by side; both are converted to grayscale
-    and, when ``image_size_px`` is given, resized to that square with PIL bilinear. ``direction=
-    "BtoA"`` returns the right half as a (e.g. facades, whose left half is the photo). pix2pix
-    datasets such as edges2shoes ship train/ and val/ only, so ``split="test"`` falls back to
-    ``val`` when there is no test folder.
+    (PIL ``convert("L")``) or to RGB (``convert("RGB")``) and, when ``image_size_px`` is given,
+    resized to that square with PIL bilinear. ``direction="BtoA"`` returns the right half as a (e.g.
+    facades, whose left half is the photo). pix2pix datasets such as edges2shoes ship train/ and
+    val/ only, so ``split="test"`` falls back to ``val`` when there is no test folder.
     """
     if split not in PIX2PIX_SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(PIX2PIX_SPLITS)}")
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+    if channels not in PIL_MODES:
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     root_path = Path(root).expanduser()
     layout = (f"expected {root_path}/<train|val|test>/*.jpg|*.png, each image A | B side by side "
               "(left half A, right half B, even width)")
@@ -178,7 +184,7 @@ def load_pix2pix_folder(
     for file in files:
         try:
             with Image.open(file) as im:
-                im = im.convert("L")
+                im = im.convert(PIL_MODES[channels])
                 width, height = im.size
                 if width % 2:
                     raise DataSourceError(f"{file} is {width} px wide, odd: cannot split it into A | B ({layout})")

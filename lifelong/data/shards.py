@@ -107,7 +107,8 @@ def write_paired_shards(
     """Write image-to-image shards (condition A -> target B) plus ``manifest.json``, atomically.
 
     ``tasks[k-1]`` maps a split name ("train", "test") to task k's (a, b, labels): uint8 (N, H, W)
-    conditions, uint8 (N, H, W) targets, int labels (N,). Every task needs the same split names.
+    conditions, uint8 (N, H, W) targets, int labels (N,); or RGB, uint8 (N, H, W, 3) both, stored as
+    RGB png (every task and split alike). Every task needs the same split names.
     Each sample holds ``cond.png`` (A), ``png`` (B) and ``cls``, so ``read_all`` reads the targets
     and ``read_all_pairs``/``train_pair_batches`` read both. Labels may be negative: data without
     classes (pix2pix folders) is labelled -1 throughout (then ``num_classes`` is 0).
@@ -226,7 +227,7 @@ def _validate_paired(tasks: list[dict], samples_per_shard: int, names: list[str]
         raise ValueError(f"got {len(names)} names for {len(tasks)} tasks")
     _check_samples_per_shard(samples_per_shard)
     split_names = sorted(tasks[0])
-    sizes = set()
+    sizes, layouts = set(), set()
     for k, task in enumerate(tasks, start=1):
         if sorted(task) != split_names:
             # A task without e.g. a test split would only fail later, in evaluation.
@@ -236,7 +237,7 @@ def _validate_paired(tasks: list[dict], samples_per_shard: int, names: list[str]
                 raise ValueError(f"task {k} {split}: expected (a, b, labels), got {len(arrays)} items")
             a, b, labels = arrays
             for name, images in (("a", a), ("b", b)):
-                _check_images(f"task {k} {split} {name}", images, len(labels))
+                _check_images(f"task {k} {split} {name}", images, len(labels), allow_rgb=True)
             if a.shape != b.shape:
                 raise ValueError(f"task {k} {split}: a is {a.shape} but b is {b.shape}")
             if len(labels) == 0:
@@ -244,7 +245,11 @@ def _validate_paired(tasks: list[dict], samples_per_shard: int, names: list[str]
                 raise ValueError(f"task {k} has no samples in split {split!r}")
             if not np.issubdtype(np.asarray(labels).dtype, np.integer):
                 raise ValueError(f"task {k} {split}: labels must be integers, got {np.asarray(labels).dtype}")
-            sizes.add(a.shape[1:])
+            sizes.add(a.shape[1:3])
+            layouts.add(a.shape[3:])  # () grayscale, (3,) RGB
+    if len(layouts) > 1:
+        raise ValueError("tasks mix grayscale (N, H, W) and RGB (N, H, W, 3) images; "
+                         "give every task and split one kind")
     _check_one_square_size(sizes)
 
 
@@ -253,9 +258,12 @@ def _check_samples_per_shard(samples_per_shard: int) -> None:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
 
 
-def _check_images(where: str, images: np.ndarray, num_labels: int) -> None:
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"{where}: images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+def _check_images(where: str, images: np.ndarray, num_labels: int, *, allow_rgb: bool = False) -> None:
+    """uint8 (N, H, W) images, one per label; with ``allow_rgb`` also uint8 (N, H, W, 3) (paired shards)."""
+    rgb = allow_rgb and images.ndim == 4 and images.shape[-1] == 3
+    if images.dtype != np.uint8 or not (images.ndim == 3 or rgb):
+        expected = "uint8 (N, H, W) or (N, H, W, 3)" if allow_rgb else "uint8 (N, H, W)"
+        raise ValueError(f"{where}: images must be {expected}, got {images.dtype} {images.shape}")
     if len(images) != num_labels:
         raise ValueError(f"{where}: {len(images)} images but {num_labels} labels")
 

@@ -14,7 +14,13 @@ from lifelong.evaluation.classifier import (
     train_classifier,
 )
 from lifelong.evaluation.generate import eval_seed, generate_per_class, weights_for_task
-from lifelong.evaluation.fidelity import FEATURE_EXTRACTORS, inception_weights_path, noise_floor, quality
+from lifelong.evaluation.fidelity import (
+    FEATURE_EXTRACTORS,
+    inception_weights_path,
+    noise_floor,
+    quality,
+    resolve_feature_extractor,
+)
 
 __all__ = [
     "ClassifierConfig",
@@ -30,6 +36,7 @@ __all__ = [
     "generate_per_class",
     "weights_for_task",
     "inception_weights_path",
+    "resolve_feature_extractor",
     "FEATURE_EXTRACTORS",
     "LifelongCNNExtractor",
 ]

@@ -3,6 +3,8 @@ and its penultimate layer is the feature space for FID/KID (see `fidelity.py`).
 
 Inception features are meaningless on 16 px grayscale digits, so the field's practice for
 MNIST-like continual-learning benchmarks is a domain classifier; this is that classifier.
+It is grayscale: every function here also takes RGB images (N, H, W, 3) and sees their luminance
+(`lifelong.images.luminance`, the gray PIL's convert("L") gives).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lifelong.images import luminance
 
 __all__ = [
     "ClassifierConfig",
@@ -87,10 +91,13 @@ class SmallCNN(nn.Module):
 
 
 def _to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) -> float (N, 1, H, W) in [0, 1]."""
-    x = torch.as_tensor(np.asarray(images))
+    """uint8 (N, H, W), or RGB (N, H, W, 3) as its luminance -> float (N, 1, H, W) in [0, 1]."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3:
+        images = luminance(images)
+    x = torch.as_tensor(images)
     if x.dtype != torch.uint8 or x.dim() != 3:
-        raise ValueError(f"expected uint8 images of shape (N, H, W), got {x.dtype} {tuple(x.shape)}")
+        raise ValueError(f"expected uint8 images of shape (N, H, W) or (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
     return x.unsqueeze(1).float() / 255.0
 
 

@@ -48,7 +48,8 @@ class LifelongCNNExtractor(FeatureExtractorBase):
         return torch.zeros(1, 3, side, side, dtype=torch.uint8)
 
     def forward(self, x):
-        # x: uint8 (N, 3, H, W), gray replicated to 3 channels -> float (N, 1, H, W) in [0, 1]
+        # x: uint8 (N, 3, H, W), gray replicated to 3 channels (`quality` turns RGB images into their
+        # luminance before they get here) -> float (N, 1, H, W) in [0, 1]
         x = x[:, :1].float() / 255.0
         return (self.net.features(x),)  # torch-fidelity wants a tuple in features_list order
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lifelong.images import channels_last, to_model_range
 from lifelong.models.diffusion import DiffusionConfig, ddim_sample, to_uint8
 
 
@@ -34,18 +35,21 @@ def generate(model, labels: torch.Tensor, *, cfg: DiffusionConfig, steps: int, s
     images = []
     for chunk in labels.split(batch_size):
         x = ddim_sample(model, chunk.to(device), cfg=cfg, num_steps=steps, generator=gen)
-        images.append(to_uint8(x).cpu()[:, 0])  # (B, 1, H, W) -> (B, H, W): our images are grayscale
+        images.append(channels_last(to_uint8(x).cpu()))  # (B, 1, H, W) -> (B, H, W): the label scenario is gray
     return torch.cat(images).numpy()
 
 
-def _gan_batches(nets, n: int, batch_size: int, seed: int, device, make_batch):
+def _gan_batches(nets, n: int, batch_size: int, seed: int, device, make_batch) -> np.ndarray:
+    """n samples of `nets`, `make_batch(i, j)` giving the condition of rows i..j-1: uint8 (n, H, W), or
+    (n, H, W, 3) for a GAN of 3 channels."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     for start in range(0, n, batch_size):
         kwargs = make_batch(start, min(n, start + batch_size))
         size = next(iter(kwargs.values())).shape[0]
         z = torch.randn(size, nets.cfg.z_dim, generator=gen).to(device)  # same z for every model: comparable
-        out.append(to_uint8(nets.sample(z=z, **{k: v.to(device) for k, v in kwargs.items()})).cpu()[:, 0])
+        x = nets.sample(z=z, **{k: v.to(device) for k, v in kwargs.items()})  # (B, C, H, W) in [-1, 1]
+        out.append(channels_last(to_uint8(x).cpu()))
     return torch.cat(out).numpy()
 
 
@@ -67,8 +71,9 @@ def gan_generate(nets, labels: torch.Tensor, *, seed: int, batch_size: int = 500
 @torch.no_grad()
 def gan_translate(nets, conditions: np.ndarray, *, seed: int, batch_size: int = 500,
                   device: torch.device | str = "cpu") -> np.ndarray:
-    """Image-conditioned GAN: G(A, z), one random z per condition image A (uint8 (N, H, W)) -> uint8 (N, H, W)."""
-    a = torch.from_numpy(conditions).unsqueeze(1).float() / 127.5 - 1.0  # (N, 1, H, W) in [-1, 1]
+    """Image-conditioned GAN: G(A, z), one random z per condition image A: uint8 (N, H, W) -> uint8 (N, H, W),
+    or RGB uint8 (N, H, W, 3) -> uint8 (N, H, W, 3)."""
+    a = to_model_range(conditions)  # (N, C, H, W) in [-1, 1]
     return _gan_batches(nets.eval(), len(a), batch_size, seed, device, lambda i, j: {"a": a[i:j]})
 
 

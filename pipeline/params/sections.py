@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 CONDITIONS = ("edges", "silhouette", "downsample")  # lifelong.data.paired.CONDITIONS
 DATASET_NAMES = ("fashion_mnist", "digits", "image_folder")
-FEATURE_EXTRACTORS = ("lifelong-cnn", "inception-v3-compat")
+FEATURE_EXTRACTORS = ("lifelong-cnn", "inception-v3-compat", "auto")  # lifelong.evaluation.resolve_feature_extractor
 
 
 class _Section(BaseModel):
@@ -74,6 +74,10 @@ class ImageTaskParams(_Section):
 
 class ImageDataParams(_Section):
     # Images are data.image_size_px (the classifier that measures FID sees one size).
+    # 1: grayscale; 3: RGB (pix2pix folders read in colour; tasks derived from data.dataset, which is
+    # grayscale, replicate their gray to R = G = B). The classifier stays grayscale: it judges an RGB
+    # image by its luminance.
+    channels: Literal[1, 3] = 1
     train_per_task: int | None = Field(1000, gt=0)  # cap on training pairs per task (None: all)
     test_per_task: int | None = Field(200, gt=0)  # cap on test pairs per task (None: all)
     samples_per_shard: int = Field(1000, gt=0)
@@ -189,7 +193,9 @@ class EvalParams(_Section):
     seeds: int = Field(1, ge=1, le=20)
     samples_per_class: int = Field(100, gt=1)
     ddim_steps: int = Field(10, ge=1)
-    feature_extractor: Literal["lifelong-cnn", "inception-v3-compat"] = "lifelong-cnn"
+    # FID/KID features; auto: inception-v3-compat when its weights file is present, else lifelong-cnn
+    # (resolved once per evaluate stage; its evaluation file and the report name the one used)
+    feature_extractor: Literal["lifelong-cnn", "inception-v3-compat", "auto"] = "lifelong-cnn"
     kid_subset_size: int = Field(100, gt=1)  # clamped to the number of samples
     batch_size: int = Field(500, gt=0)  # generation batch
 

@@ -219,3 +219,47 @@ def test_diffusion_ema_is_what_the_task_exports_and_resumes(tmp_path):
 
     exported = load_model(torch.load(_export(learner, tmp_path / "task1.pt"), weights_only=True))
     _assert_same(learner.ema.state_dict(), exported)
+
+
+@pytest.fixture(scope="module")
+def rgb_pair_shards(tmp_path_factory):
+    """Tiny RGB image-to-image shards (image_data.channels 3): 8 px pairs, a = 255 - b."""
+    import numpy as np
+
+    from lifelong.data import task_shard_paths, write_paired_shards
+
+    b = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    out = tmp_path_factory.mktemp("rgb") / "shards"
+    write_paired_shards(out, [{"train": (255 - b, b, np.full(8, -1))}])
+    return task_shard_paths(out, 1, "train")
+
+
+# The two methods that do more than run the nets on the batch (Montage/Swap pairs; a filter bank per task).
+@pytest.mark.parametrize("method", ["lifelong_gan", "piggyback_gan"])
+def test_gan_learner_trains_rgb_pairs_read_from_shards(tmp_path, method, rgb_pair_shards):
+    """in_channels 3 (pipeline.task.model_config for image_data.channels 3): G, E, D, D2 take the
+    loader's (B, 3, H, W) batches for two tasks (lifelong_gan: distillation on RGB montages; piggyback_gan:
+    RGB filter banks), and the exported nets still generate RGB."""
+    from lifelong.data import train_pair_batches
+    from lifelong.evaluation.generate import gan_translate
+
+    rgb = GANConfig(condition="image", image_size_px=8, in_channels=3, z_dim=4, width=8)
+    a, b, y = next(iter(train_pair_batches(rgb_pair_shards, batch_size=4, num_batches=1, seed=0)))
+    assert a.shape == b.shape == (4, 3, 8, 8)
+    init = None
+    for k in (1, 2):
+        cfg = _config(tmp_path, "gan", method, rgb, k, init_state=init, paired=True)
+        learner = _learner(cfg)
+        before = _snapshot(learner.nets)
+        torch.manual_seed(0)
+        for _ in range(2):  # task 2's first step: the student is still the teacher (no distillation yet)
+            parts = learner.step((a, b, y), NO_AUTOCAST)
+        assert all(torch.isfinite(v).item() for v in parts.values())
+        assert all(_changed(before, learner.nets, prefix=f"{name}.") for name in learner.optimizers)
+        init = _export(learner, tmp_path / f"task{k}.pt")
+    if method == "lifelong_gan":
+        assert parts["loss_distill"] > 0
+    nets = load_model(torch.load(init, weights_only=True))
+    assert nets.cfg.in_channels == 3
+    conditions = ((a.permute(0, 2, 3, 1) + 1) * 127.5).round().to(torch.uint8).numpy()  # (4, 8, 8, 3)
+    assert gan_translate(nets, conditions, seed=0).shape == (4, 8, 8, 3)

@@ -159,3 +159,26 @@ def test_an_unconditional_model_cannot_drop_or_guide_labels(raw):
     assert "model" in err and "label_dropout: 0" in err and "guidance_scale: 0" in err
     raw["model"].update(label_dropout=0.0, guidance_scale=0.0)
     assert parse_params(raw).model.conditional is False
+
+
+def test_image_data_channels_size_the_image_scenarios_gan_only(raw):
+    """image_data.channels: 1 or 3, one error naming the key otherwise; 3 makes the image scenario's GAN
+    take RGB A and B; the label scenario (and its classifier) stays grayscale."""
+    from pipeline.task import model_config
+
+    assert load_params("params.yaml").image_data.channels == 1
+    assert load_params("params-gpu-pix2pix.yaml").image_data.channels == 3
+    raw["image_data"]["channels"] = 2
+    err = _error(raw)
+    assert "  image_data.channels" in err and "1 or 3" in err
+    raw["image_data"]["channels"] = 3
+    p = parse_params(raw)
+    assert model_config(p, "image", "gan")["in_channels"] == 3
+    assert model_config(p, "label", "gan")["in_channels"] == 1
+    assert model_config(p, "label", "diffusion")["in_channels"] == 1
+
+
+def test_feature_extractor_auto_is_allowed(raw):
+    raw["eval"]["feature_extractor"] = "auto"
+    assert parse_params(raw).eval.feature_extractor == "auto"
+    assert load_params("params-gpu-pix2pix.yaml").eval.feature_extractor == "auto"

@@ -3,6 +3,7 @@ the noise floor next to forgetting, units on the columns."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipeline.evaluate import summarize
@@ -100,3 +101,33 @@ def test_diffusion_piggyback_counts_its_bank_against_one_unet_per_task():
     assert counts["params_standalone"] == 3 * plain
     assert plain < counts["params"] < counts["params_standalone"]
     assert counts["params"] == piggyback.total_parameter_count(unet)
+
+
+def test_the_report_names_each_scenarios_resolved_feature_extractor():
+    from pipeline.report import feature_spaces
+
+    def evaluation(extractor):
+        return {**_evaluation(STEADY), "feature_extractor": extractor}
+
+    results = {"label": {"gan-a": [evaluation("lifelong-cnn")], "gan-b": [evaluation("lifelong-cnn")]},
+               "image": {"gan-a": [evaluation("inception-v3-compat")]}}
+    features = feature_spaces(results)
+    assert features == {"label": "lifelong-cnn", "image": "inception-v3-compat"}
+    text = report_markdown(build_metrics(results), features)
+    assert "FID and KID in the features each scenario names" in text
+    label, image = text.split("## Scenario `image`")
+    assert "FID/KID features: `lifelong-cnn`." in label and "FID/KID features: `inception-v3-compat`." in image
+    # `auto` resolved differently for two runs (weights file on one machine only): both named, per run
+    results["label"]["gan-b"] = [evaluation("inception-v3-compat")]
+    assert feature_spaces(results)["label"] == "gan-a: lifelong-cnn; gan-b: inception-v3-compat"
+    assert "the features of `lifelong-cnn`" in report_markdown(build_metrics(results), "lifelong-cnn")
+
+
+def test_an_rgb_sample_triple_is_one_colour_strip_per_row():
+    from pipeline.report import _sample_row
+
+    rgb = np.zeros((3, 2, 4, 4, 3), np.uint8)  # A, generated, B: 2 images each, 4 px, RGB
+    rgb[1, ..., 0] = 255  # the generated row is red
+    strip = _sample_row(rgb, triple=True)
+    assert strip.shape == (12, 8, 3) and (strip[4:8, :, 0] == 255).all() and not strip[:4].any()
+    assert _sample_row(rgb[0, ..., 0], triple=False).shape == (4, 8)  # a grayscale row of samples

@@ -290,3 +290,71 @@ def test_failed_paired_write_leaves_previous_set(pair_dir, pair_tasks, monkeypat
         write_paired_shards(pair_dir, pair_tasks[::-1], samples_per_shard=4)
     assert _file_digests(pair_dir) == before
     assert [p.name for p in pair_dir.parent.iterdir()] == [pair_dir.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# RGB (image_data.channels 3)
+# ---------------------------------------------------------------------------------------------
+RED, BLUE = (200, 30, 10), (5, 60, 220)
+
+
+def _write_rgb_ab(path, a_colour, b_colour, height=8, width=16):
+    pixels = np.empty((height, width, 3), np.uint8)
+    pixels[:, : width // 2], pixels[:, width // 2 :] = a_colour, b_colour
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def test_pix2pix_reader_in_rgb_keeps_colours_halves_and_resizes(tmp_path):
+    root = tmp_path / "edges2colours"
+    for i in (2, 1):
+        _write_rgb_ab(root / "train" / f"{i}_AB.png", [c // i for c in RED], [c // i for c in BLUE])
+    a, b = load_pix2pix_folder(root, "train", channels=3)
+    assert a.shape == b.shape == (2, 8, 8, 3) and a.dtype == b.dtype == np.uint8
+    assert a[:, 0, 0].tolist() == [list(RED), [c // 2 for c in RED]]  # 1_AB.png first, its colours intact
+    assert b[:, 0, 0].tolist() == [list(BLUE), [c // 2 for c in BLUE]]
+    assert (a == a[:, :1, :1]).all() and (b == b[:, :1, :1]).all()  # no bleed across the seam
+    a4, b4 = load_pix2pix_folder(root, "train", image_size_px=4, channels=3)
+    assert a4.shape == (2, 4, 4, 3) and (a4 == a[:, :4, :4]).all() and (b4 == b[:, :4, :4]).all()
+    b_gray, a_gray = load_pix2pix_folder(root, "train", direction="BtoA")  # channels 1: PIL's gray, as before
+    expected = np.asarray(Image.fromarray(np.full((1, 1, 3), RED, np.uint8)).convert("L"))[0, 0]
+    assert a_gray.shape == (2, 8, 8) and (a_gray[0] == expected).all()
+    with pytest.raises(ValueError, match="channels must be 1 .* or 3"):
+        load_pix2pix_folder(root, "train", channels=2)
+
+
+def _rgb_pairs(n, seed):
+    """RGB b with pixel (0, 0) = (label, 0, 255), a = 255 - b: rows and channel order can be checked."""
+    a, b, labels = _pairs(n, 0, seed)
+    b = np.repeat(b[..., None], 3, axis=-1)
+    b[..., 1] = np.random.default_rng(seed).integers(0, 256, b.shape[:3], dtype=np.uint8)
+    b[:, 0, 0] = np.stack([labels, np.zeros_like(labels), np.full_like(labels, 255)], axis=-1)
+    return 255 - b, b, labels
+
+
+def test_rgb_pairs_round_trip_through_shards_and_the_training_loader(tmp_path):
+    tasks = [{"train": _rgb_pairs(12, seed=1), "test": _rgb_pairs(5, seed=2)}]
+    manifest = write_paired_shards(tmp_path / "rgb", tasks, samples_per_shard=5)
+    assert manifest["image_size_px"] == 8
+    for split, (a, b, labels) in tasks[0].items():
+        got_a, got_b, got_labels = read_all_pairs(task_shard_paths(tmp_path / "rgb", 1, split))
+        assert got_a.shape == got_b.shape == (len(labels), 8, 8, 3)
+        assert np.array_equal(got_a, a) and np.array_equal(got_b, b) and np.array_equal(got_labels, labels)
+    assert read_all(task_shard_paths(tmp_path / "rgb", 1, "test"))[0].shape == (5, 8, 8, 3)
+
+    batches = list(train_pair_batches(task_shard_paths(tmp_path / "rgb", 1, "train"), batch_size=4,
+                                      num_batches=3, seed=0))
+    assert len(batches) == 3
+    for a, b, y in batches:
+        assert a.shape == b.shape == (4, 3, 8, 8) and a.dtype == torch.float32
+        assert a.min() >= -1 and b.max() <= 1
+        torch.testing.assert_close(a, -b, rtol=0, atol=1e-6)  # rows stay paired
+        assert torch.equal(torch.round((b[:, 0, 0, 0] + 1) * 127.5).long(), y)  # R of pixel (0, 0): the label
+        assert (b[:, 1, 0, 0] == -1).all() and (b[:, 2, 0, 0] == 1).all()  # G = 0, B = 255: channels in order
+
+    gray = _pairs(12, 0, seed=3)
+    with pytest.raises(ValueError, match="mix grayscale"):
+        write_paired_shards(tmp_path / "mixed", [tasks[0], {"train": gray, "test": gray}])
+    with pytest.raises(ValueError, match=r"uint8 \(N, H, W\), got"):  # class shards stay grayscale
+        write_dataset_shards(tmp_path / "classes", splits={"train": (tasks[0]["train"][1], tasks[0]["train"][2])},
+                             tasks=[[0, 1]])

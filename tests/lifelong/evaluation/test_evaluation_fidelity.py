@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from lifelong.evaluation import accuracy, load_classifier, quality
 
@@ -113,3 +114,52 @@ def test_diversity_is_about_one_for_real_data_and_near_zero_for_a_collapsed_gene
     same = quality(fresh, fresh_labels, real, classifier_path=classifier_path, real_labels=labels)["div"]
     mode = quality(collapsed, collapsed_labels, real, classifier_path=classifier_path, real_labels=labels)["div"]
     assert 0.8 < same < 1.25 and mode < 0.05
+
+
+def _coloured(gray, seed):
+    """RGB images (N, H, W, 3) whose channels all differ: R the gray, G half of it, B noise."""
+    noise = np.random.default_rng(seed).integers(0, 256, gray.shape, dtype=np.uint8)
+    return np.stack([gray, gray // 2, noise], axis=-1)
+
+
+def test_rgb_images_with_lifelong_cnn_score_as_their_luminance(classifier_path):
+    from lifelong.images import luminance
+
+    gen, gen_labels = two_squares(40, seed=40)
+    real, real_labels = two_squares(40, seed=41)
+    gen_rgb, real_rgb = _coloured(gen, 1), _coloured(real, 2)
+    kw = dict(classifier_path=classifier_path, kid_subset_size=20, real_labels=real_labels)
+    rgb = quality(gen_rgb, gen_labels, real_rgb, **kw)
+    gray = quality(luminance(gen_rgb), gen_labels, luminance(real_rgb), **kw)
+    assert rgb == gray  # fid, kid, acc, div: all computed on the luminance
+    red_only = quality(gen_rgb[..., 0], gen_labels, real_rgb[..., 0], **kw)
+    assert red_only["fid"] != rgb["fid"]  # one channel is not the luminance: the equality above means something
+    with pytest.raises(ValueError, match="shapes differ"):
+        quality(gen_rgb, gen_labels, real, **kw)
+
+
+def test_rgb_images_go_to_torch_fidelity_as_3_h_w_items():
+    from lifelong.evaluation.fidelity import _AsRGBItems
+
+    rgb = _coloured(two_squares(3, seed=42)[0], 3)
+    items = _AsRGBItems(rgb)
+    assert len(items) == 3 and items[1].dtype == torch.uint8 and items[1].shape == (3, 16, 16)
+    assert torch.equal(items[1], torch.from_numpy(rgb[1]).permute(2, 0, 1))
+    gray = _AsRGBItems(rgb[..., 0])[1]  # gray: the same plane three times
+    assert gray.shape == (3, 16, 16) and all(torch.equal(gray[c], torch.from_numpy(rgb[1, ..., 0])) for c in range(3))
+
+
+def test_auto_takes_inception_only_when_its_weights_file_is_there(tmp_path, monkeypatch):
+    from lifelong.evaluation import inception_weights_path, resolve_feature_extractor
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert resolve_feature_extractor("auto") == "lifelong-cnn"
+    assert resolve_feature_extractor("inception-v3-compat") == "inception-v3-compat"  # explicit: kept (quality raises)
+    weights = tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"
+    assert inception_weights_path() == str(weights)
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")  # only its presence counts here; loading it is torch-fidelity's
+    assert resolve_feature_extractor("auto") == "inception-v3-compat"
+    assert resolve_feature_extractor("lifelong-cnn") == "lifelong-cnn"
+    with pytest.raises(ValueError, match="lifelong-cnn, inception-v3-compat, auto"):
+        resolve_feature_extractor("inception")
