@@ -47,15 +47,18 @@ def train_batches(
 
     Why resampling: splitting shards across ranks (WebDataset's default) gives a rank zero or fewer
     batches whenever shards < ranks x loader workers, and DDP then hangs at the next all-reduce
-    (webdataset#188). Instead every rank and loader worker draws shards at random with replacement
-    from the whole list and stops after a fixed number of batches (the maintainers' fix, #250).
+    (webdataset#188). Instead every rank and loader worker reads from the whole list, endlessly,
+    and stops after a fixed number of batches (the maintainers' fix, #250).
     The rank comes from env ``RANK``/``WORLD_SIZE`` (set by Ray Train), else torch.distributed,
     else 0; it is mixed into the seeds so ranks see different samples.
 
-    Joint training over several tasks: pass the union of their shard lists. Shards are drawn
-    uniformly, so tasks are sampled in proportion to their sample counts *provided shards hold
-    about the same number of samples* -- true for shards from ``write_dataset_shards``, which
-    splits each task into near-equal shards of at most ``samples_per_shard``.
+    Every sample comes from a shard drawn at random (``_interleaved_shards``), not one shard after
+    another: joint training passes the union of its tasks' shard lists, and each shard holds one
+    task, so shard after shard gave batches of mostly one task (the last 50 batches of a 5-task
+    joint run held no sample of task 4). Shards are drawn uniformly, so tasks are sampled in
+    proportion to their sample counts *provided shards hold about the same number of samples* --
+    true for shards from ``write_dataset_shards``, which splits each task into near-equal shards of
+    at most ``samples_per_shard``.
 
     Same ``seed``, rank and ``num_workers`` -> the same batches: a resumed run should pass a new
     seed (e.g. base seed + step) rather than replay the batches it already saw.
@@ -139,10 +142,8 @@ def _resampled_batches(
     batches_per_worker = math.ceil(num_batches / max(1, num_workers))
     dataset = wds.DataPipeline(
         # Not wds.WebDataset(resampled=True, ...): it ignores `seed` for the shard draw and mixes in
-        # time and os.urandom, so runs would not be reproducible. deterministic=True seeds the draw
-        # from (rank * 1000 + worker, epoch, seed). No nodesplitter: every rank sees all shards.
-        wds.ResampledShards(paths, seed=seed, deterministic=True),
-        wds.tarfile_to_samples(),
+        # time and os.urandom, so runs would not be reproducible. No nodesplitter: every rank reads all shards.
+        functools.partial(_interleaved_shards, paths, seed=seed),
         functools.partial(_shuffle_per_worker, bufsize=shuffle_buffer, seed=seed),
         wds.map(decode),
         wds.batched(batch_size, collation_fn=collate, partial=False),
@@ -213,6 +214,21 @@ def _decode_pair(sample: dict) -> tuple[np.ndarray, np.ndarray, int]:
             f"sample {sample.get('__key__')!r} in {sample.get('__url__')} lacks member {e} "
             "(train_pair_batches needs shards from write_paired_shards)"
         ) from e
+
+
+def _interleaved_shards(paths: list[str], *, seed: int):
+    """Endless raw samples of all `paths` interleaved: each sample comes from a shard drawn uniformly
+    at random, and each shard is read in file order, round and round. Seeded per (rank, loader worker)
+    like the shuffle; a module-level function, so it pickles under spawn."""
+    rng = np.random.default_rng(wds.utils.make_seed(wds.utils.pytorch_worker_seed(), seed))
+    streams = [wds.tarfile_to_samples()(_forever({"url": path})) for path in paths]
+    while True:
+        yield next(streams[rng.integers(len(streams))])
+
+
+def _forever(item: dict):
+    while True:
+        yield dict(item)
 
 
 def _shuffle_per_worker(samples, *, bufsize: int, seed: int):

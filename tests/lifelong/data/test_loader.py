@@ -64,6 +64,17 @@ def test_joint_training_mixes_tasks(shard_dir):
     assert 0.3 < share_task_1 < 0.7  # the two tasks have about the same number of samples
 
 
+def test_joint_training_mixes_tasks_within_each_batch(shard_dir):
+    # Each shard holds one task. Read shard after shard through a buffer of one shard's size, a batch
+    # held mostly one task (a 5-task joint run's last 50 batches had no sample of task 4); interleaved,
+    # a batch holds both tasks about half and half.
+    paths = task_shard_paths(shard_dir, 1, "train") + task_shard_paths(shard_dir, 2, "train")
+    shares = [np.isin(y.numpy(), [0, 1]).mean()
+              for _, y in train_batches(paths, batch_size=32, num_batches=40, seed=1, shuffle_buffer=100)]
+    majority = np.maximum(shares, 1 - np.asarray(shares))
+    assert majority.mean() < 0.7, f"batches are mostly one task: majority share {majority.mean():.2f}"
+
+
 def test_missing_shard_is_named(tmp_path):
     with pytest.raises(ShardError, match="gone.tar"):
         train_batches([str(tmp_path / "gone.tar")], batch_size=2, num_batches=1, seed=0)
