@@ -1,6 +1,6 @@
 """Both GAN methods (and the GAN baselines) through the real stages on tiny data: `lifelong repro` in a
 fresh git + DVC clone, Ray Train (local mode), MLflow sqlite registry, WebDataset shards of both
-scenarios (label-conditioned classes, image-conditioned A -> B pairs)."""
+scenarios (label-conditioned classes in grayscale, image-conditioned A -> B pairs in RGB)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def test_gan_methods_in_both_scenarios(clone):
     params["scenarios"]["label"]["runs"] = LABEL_RUNS
     params["scenarios"]["image"]["runs"] = IMAGE_RUNS
     params["data"].update(image_size_px=16, tasks=[[0, 1], [2, 3]])
+    params["image_data"]["channels"] = 3  # RGB end to end: shards, BicycleGAN nets, evaluation, grids, pyfunc
     repo = clone(params)
     run([str(BIN / "lifelong"), "repro"], repo)
 
@@ -87,7 +88,8 @@ def test_gan_methods_in_both_scenarios(clone):
                 y = torch.tensor([0, 1, 0, 1, 0, 1])
                 out1, out2 = after1.sample(y=y, z=z), after2.sample(y=y, z=z)
             else:
-                a = torch.rand(6, 1, 16, 16, generator=g) * 2 - 1
+                assert after1.cfg.in_channels == 3
+                a = torch.rand(6, 3, 16, 16, generator=g) * 2 - 1
                 out1, out2 = after1.sample(a=a, z=z), after2.sample(a=a, z=z)
         assert torch.equal(out1, out2), scenario
         piggyback.set_task(after2["G"], 2)
@@ -110,7 +112,7 @@ def test_gan_methods_in_both_scenarios(clone):
         lgan = mlflow.pyfunc.load_model("models:/it-label-gan-lifelong_gan@task-2")
         out["lifelong_label"] = list(lgan.predict(pd.DataFrame({{"class": [3, 3, 1]}})).shape)
         img = mlflow.pyfunc.load_model("models:/it-image-gan-lifelong_gan@task-1")
-        x = img.predict(pd.DataFrame({{"condition": [np.zeros((16, 16)).tolist()] * 2}}))
+        x = img.predict(pd.DataFrame({{"condition": [np.zeros((16, 16, 3)).tolist()] * 2}}))
         out["lifelong_image"] = [list(x.shape), str(x.dtype), float(x.min()), float(x.max())]
         print(json.dumps(out))
     """)
@@ -124,7 +126,7 @@ def test_gan_methods_in_both_scenarios(clone):
     assert pyfunc_images.shape == (2 * per_class, 1, 16, 16)
     assert np.array_equal(np.rint(pyfunc_images[:, 0] * 255).astype(np.uint8), expected)
     assert got["lifelong_label"] == [3, 1, 16, 16]
-    assert got["lifelong_image"][:2] == [[2, 1, 16, 16], "float32"] and 0 <= got["lifelong_image"][2] <= got["lifelong_image"][3] <= 1
+    assert got["lifelong_image"][:2] == [[2, 3, 16, 16], "float32"] and 0 <= got["lifelong_image"][2] <= got["lifelong_image"][3] <= 1
 
     # Lifelong GAN task 2 loaded exactly the version task 1 registered, through the registry.
     from mlflow import MlflowClient
@@ -139,4 +141,4 @@ def test_gan_methods_in_both_scenarios(clone):
 
     # The sample grid of the image scenario holds A | generated | B per task.
     with np.load(repo / "results/eval/image/gan-lifelong_gan-samples.npz") as f:
-        assert set(f.files) == {"task_1", "task_2"} and f["task_1"].shape[:2] == (3, 8)
+        assert set(f.files) == {"task_1", "task_2"} and f["task_1"].shape == (3, 8, 16, 16, 3)  # RGB
