@@ -56,8 +56,7 @@ class LifelongGenerator(mlflow.pyfunc.PythonModel):
         given = params or {}
         p = {key: int(self.spec[key] if given.get(key) is None else given[key]) for key in ("seed", "batch_size", "ddim_steps")}
         if self.spec["scenario"] == "image":
-            a = np.stack([np.asarray(np.stack(c) if np.ndim(c) == 1 else c, dtype=np.float64)
-                          for c in model_input["condition"]])
+            a = np.stack([_image(c) for c in model_input["condition"]])
             a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
             images = gan_translate(self.net, a, seed=p["seed"], batch_size=p["batch_size"])
         else:
@@ -73,6 +72,13 @@ class LifelongGenerator(mlflow.pyfunc.PythonModel):
         # uint8 (N, H, W) -> (N, 1, H, W), RGB (N, H, W, 3) -> (N, 3, H, W), in [0, 1]
         images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
         return images.astype(np.float32) / np.float32(255.0)
+
+
+def _image(cell) -> np.ndarray:
+    """One `condition` cell -> float64 (H, W) or (H, W, 3). Nested lists convert directly; MLflow's
+    schema enforcement hands them over as object arrays of arrays, stacked here level by level."""
+    a = cell if isinstance(cell, np.ndarray) else np.asarray(cell)
+    return a.astype(np.float64) if a.dtype != object else np.stack([_image(row) for row in a])
 
 
 mlflow.models.set_model(LifelongGenerator())

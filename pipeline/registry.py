@@ -226,12 +226,13 @@ def _signature(generator: dict, config: dict):
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
     from mlflow.types.schema import Array
 
-    size = int(config["image_size_px"])
-    column = (ColSpec(Array(Array("double")), "condition") if generator["scenario"] == "image"
+    size, channels = int(config["image_size_px"]), int(config.get("in_channels", 1))
+    pixel = Array("double") if channels == 3 else "double"  # a condition is H x W, or H x W x 3 in RGB
+    column = (ColSpec(Array(Array(pixel)), "condition") if generator["scenario"] == "image"
               else ColSpec("long", "class"))
     return ModelSignature(
         inputs=Schema([column]),
-        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 1, size, size))]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, channels, size, size))]),
         params=ParamSchema([ParamSpec(key, "long", int(generator[key])) for key in ("seed", "batch_size", "ddim_steps")]),
     )
 
@@ -240,8 +241,9 @@ def _input_example(generator: dict, config: dict):
     import pandas as pd
 
     if generator["scenario"] == "image":
-        size = int(config["image_size_px"])
-        return pd.DataFrame({"condition": [[[0.0] * size for _ in range(size)]]})
+        size, channels = int(config["image_size_px"]), int(config.get("in_channels", 1))
+        pixel = [0.0] * 3 if channels == 3 else 0.0
+        return pd.DataFrame({"condition": [[[pixel] * size for _ in range(size)]]})
     return pd.DataFrame({"class": [int(c) for c in generator["classes"][:2]]})
 
 
