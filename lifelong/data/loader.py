@@ -227,6 +227,7 @@ def _interleaved_shards(paths: list[str], *, seed: int):
 
 
 def _forever(item: dict):
+    """One shard's url dict, endlessly (a fresh copy each time: the tar reader adds its stream to it)."""
     while True:
         yield dict(item)
 
