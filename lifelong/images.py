@@ -14,8 +14,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-CHANNELS = (1, 3)  # grayscale or RGB
-
 # ITU-R 601-2 luma, L = R * 299/1000 + G * 587/1000 + B * 114/1000, in the 16-bit fixed point PIL uses
 # (libImaging/Convert.c): the weights are round(0.299 * 2^16), ... (they sum to 2^16) and 2^15 rounds
 # to the nearest integer. Written with the decimal weights and a float round instead, 9040 of the 2^24

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelong.images import luminance
+from lifelong.images import as_gray
 
 __all__ = [
     "ClassifierConfig",
@@ -93,8 +93,8 @@ class SmallCNN(nn.Module):
 def _to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W), or RGB (N, H, W, 3) as its luminance -> float (N, 1, H, W) in [0, 1]."""
     images = np.asarray(images)
-    if images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3:
-        images = luminance(images)
+    if images.ndim == 4:
+        images = as_gray(images)  # RGB -> its luminance; any other 4-D array is one ValueError
     x = torch.as_tensor(images)
     if x.dtype != torch.uint8 or x.dim() != 3:
         raise ValueError(f"expected uint8 images of shape (N, H, W) or (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
