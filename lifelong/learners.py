@@ -6,7 +6,8 @@ and need no Ray outside a Ray Train run: a unit test builds one from a TaskTrain
 
 - `DiffusionLearner`: one network, one Adam, DDP through `ray.train.torch.prepare_model` (under Ray),
   optionally an exponential moving average of its weights (`ema_decay` > 0): the EMA is what the task
-  exports, so it is what is evaluated, registered, and the next task's start and teacher. It counts the
+  exports, so it is what is evaluated, registered, and the next task's start and teacher. With
+  `ema_warmup` its decay ramps up within each task (`ema_decay_at`). It counts the
   teacher's forward passes per step (`teacher_passes`), the replay methods' cost.
 - `GANLearner`: several networks (G, D; BicycleGAN adds E and D2), one Adam per network (BicycleGAN's
   optimizer_G/E/D/D2). Each loss key trains the nets its method names in `LOSS_TARGETS`, e.g.
@@ -48,9 +49,11 @@ class DiffusionLearner:
         self.model = dist.prepare_model(model, device)
         self.optimizer = torch.optim.Adam(_trainable(model), lr=cfg.lr)
         self.grad_clip = cfg.grad_clip
-        self.ema_decay = cfg.ema_decay
-        # theta_ema <- decay * theta_ema + (1 - decay) * theta after every step; starts at the task's init
+        self.ema_decay, self.ema_warmup = cfg.ema_decay, cfg.ema_warmup
+        # theta_ema <- decay_n * theta_ema + (1 - decay_n) * theta after the task's n-th step; starts at
+        # the task's init
         self.ema = copy.deepcopy(model).requires_grad_(False) if self.ema_decay > 0 else None
+        self.ema_steps = 0
         # the teacher's cost, measured: rows it computes, in units of the batch (teacher_passes per step)
         self.teacher_rows, self.batch_rows = 0, 0
         if teacher is not None and self.method.needs_teacher:
@@ -74,15 +77,18 @@ class DiffusionLearner:
         # steps pays S (2S with guidance) + 1, fine-tuning 0
         parts["teacher_passes"] = torch.tensor(self.teacher_rows / self.batch_rows)
         if self.ema is not None:
+            self.ema_steps += 1
+            decay = ema_decay_at(self.ema_steps, self.ema_decay, self.ema_warmup)
             with torch.no_grad():
                 for p_ema, p in zip(self.ema.parameters(), dist.unwrap(self.model).parameters()):
-                    p_ema.lerp_(p, 1.0 - self.ema_decay)
+                    p_ema.lerp_(p, 1.0 - decay)
         return parts
 
     def state_dict(self) -> dict:
         state = {"model": dist.unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict()}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+            state["ema_steps"] = self.ema_steps
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -93,6 +99,7 @@ class DiffusionLearner:
                 raise ValueError("this checkpoint has no EMA weights (it was written with train.ema_decay: 0); "
                                  "resume with the same train.ema_decay, or start the task afresh")
             self.ema.load_state_dict(state["ema"])
+            self.ema_steps = int(state["ema_steps"])
 
     def _exported_net(self) -> nn.Module:
         return self.ema if self.ema is not None else dist.unwrap(self.model)
@@ -106,6 +113,15 @@ class DiffusionLearner:
     def eval_model(self) -> tuple[nn.Module, object]:
         """The bare network (the EMA when on) and its config, for the search objective."""
         return self._exported_net(), self.model_cfg
+
+
+def ema_decay_at(n: int, decay: float, warmup: bool) -> float:
+    """The EMA's decay after a task's n-th step (n = 1, 2, ...): `decay`, or with warm-up
+    min(decay, (1 + n) / (10 + n)), the ramp of diffusers' EMAModel. Without it the EMA of a task that
+    starts from random weights keeps (decay)^n of them: at 0.995 and 400 steps, 13%, enough to spoil the
+    samples of a first task trained from scratch; with it the EMA follows the raw weights early on and
+    averages over the last ~n/10 steps later (decay 0.978 at n = 400)."""
+    return min(decay, (1 + n) / (10 + n)) if warmup else decay
 
 
 class GANLearner:

@@ -53,6 +53,7 @@ class TaskTrainConfig:
     lr: float = 2e-3
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # diffusion: > 0 exports an EMA of the weights (learners.DiffusionLearner)
+    ema_warmup: bool = False  # the EMA's decay ramps up within each task (learners.ema_decay_at)
     checkpoint_every: int = 100
     log_every: int = 50
     seed: int = 0

@@ -28,7 +28,7 @@ from pipeline.params import SCENARIO_FAMILIES, SCENARIOS, Params, split_chain
 # model; num_workers and use_gpu change the numbers (batch split across DDP ranks, bf16 autocast).
 RESULT_KEYS: dict[str, tuple[str, ...]] = {
     "diffusion": ("seed", "experiment", "model", "train.steps_per_task", "train.batch_size", "train.lr",
-                  "train.ema_decay", "train.grad_clip", "train.num_workers", "train.use_gpu"),
+                  "train.ema_decay", "train.ema_warmup", "train.grad_clip", "train.num_workers", "train.use_gpu"),
     "gan": ("seed", "experiment", "gan", "train.grad_clip", "train.num_workers", "train.use_gpu"),
 }
 FAMILY_SECTION = {"diffusion": "model", "gan": "gan"}  # the section that sizes each family's networks

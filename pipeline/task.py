@@ -55,6 +55,7 @@ def budget(params: Params, run: str) -> dict:
     out = {"steps": b.steps_per_task, "batch_size": b.batch_size, "lr": b.lr, "options": options}
     if spec.family == "diffusion":
         out["ema_decay"] = params.train.ema_decay
+        out["ema_warmup"] = params.train.ema_warmup
     return out
 
 

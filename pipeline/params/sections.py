@@ -162,6 +162,7 @@ class TrainParams(_Section):
     lr: float = Field(2e-3, gt=0)
     grad_clip: float = Field(1.0, gt=0)  # the paper clips at 1.0
     ema_decay: float = Field(0.0, ge=0, lt=1)  # diffusion: export an EMA of the weights (0: the raw weights)
+    ema_warmup: bool = False  # the EMA's decay ramps up as min(ema_decay, (1 + n) / (10 + n)) over a task's steps n
     num_workers: int = Field(1, ge=1)  # Ray Train workers (DDP when >= 2)
     cpus_per_worker: int = Field(1, ge=1)  # CPUs per Ray Train worker actor; Ray sets its torch threads to this
     # How Ray places the workers (ScalingConfig.placement_strategy): PACK fills a node first, SPREAD and

@@ -193,32 +193,40 @@ def test_a_learner_rejects_an_option_its_method_does_not_have(tmp_path):
         _learner(cfg)
 
 
-def test_diffusion_ema_is_what_the_task_exports_and_resumes(tmp_path):
-    """ema_decay > 0: theta_ema <- d theta_ema + (1 - d) theta after each step, recomputed by hand; the
-    exported model (registered, evaluated, the next task's start) is the EMA; a resume restores it."""
-    decay = 0.9
-    cfg = _config(tmp_path, "diffusion", "finetune", DIFFUSION, 1, ema_decay=decay)
+@pytest.mark.parametrize("warmup", [False, True])
+def test_diffusion_ema_is_what_the_task_exports_and_resumes(tmp_path, warmup):
+    """ema_decay > 0: theta_ema <- d_n theta_ema + (1 - d_n) theta after step n, recomputed by hand, with
+    d_n = d, or min(d, (1 + n) / (10 + n)) with warm-up; the exported model (registered, evaluated, the
+    next task's start) is the EMA; a resume restores it and where the warm-up stands."""
+    decay = 0.3  # above the warm-up's first decays (0.18, 0.25), below its later ones (0.31, ...)
+    cfg = _config(tmp_path, "diffusion", "finetune", DIFFUSION, 1, ema_decay=decay, ema_warmup=warmup)
     learner = _learner(cfg)
     expected = _snapshot(learner.model)  # the EMA starts at the task's initial weights
-    torch.manual_seed(0)
-    for seed in range(3):
-        learner.step(_batch(cfg, seed), NO_AUTOCAST)
-        for name, p in learner.model.named_parameters():
-            expected[name] = decay * expected[name] + (1 - decay) * p.detach()
-    for name, p in learner.ema.named_parameters():
-        torch.testing.assert_close(p, expected[name], rtol=1e-5, atol=1e-6)
-    assert _changed(_snapshot(learner.ema), learner.model)  # the EMA lags the raw weights
 
+    def train(learner, seeds):
+        for seed in seeds:
+            learner.step(_batch(cfg, seed), NO_AUTOCAST)
+            n = seed + 1
+            d = min(decay, (1 + n) / (10 + n)) if warmup else decay
+            for name, p in learner.model.named_parameters():
+                expected[name] = d * expected[name] + (1 - d) * p.detach()
+
+    torch.manual_seed(0)
+    train(learner, range(2))
     torch.save(learner.state_dict(), tmp_path / "step.pt")
     resumed = _learner(cfg)
     resumed.load_state_dict(torch.load(tmp_path / "step.pt", weights_only=True))
     _assert_same(learner.ema.state_dict(), resumed.ema)
+    train(resumed, range(2, 4))  # steps 3 and 4: the warm-up's decay reaches d at step 3
+    for name, p in resumed.ema.named_parameters():
+        torch.testing.assert_close(p, expected[name], rtol=1e-5, atol=1e-6)
+    assert _changed(_snapshot(resumed.ema), resumed.model)  # the EMA lags the raw weights
     without_ema = _learner(_config(tmp_path, "diffusion", "finetune", DIFFUSION, 1)).state_dict()
     with pytest.raises(ValueError, match="no EMA weights"):
         resumed.load_state_dict(without_ema)
 
-    exported = load_model(torch.load(_export(learner, tmp_path / "task1.pt"), weights_only=True))
-    _assert_same(learner.ema.state_dict(), exported)
+    exported = load_model(torch.load(_export(resumed, tmp_path / "task1.pt"), weights_only=True))
+    _assert_same(resumed.ema.state_dict(), exported)
 
 
 @pytest.fixture(scope="module")
