@@ -98,6 +98,9 @@ class DiffusionLearner:
             if "ema" not in state:
                 raise ValueError("this checkpoint has no EMA weights (it was written with train.ema_decay: 0); "
                                  "resume with the same train.ema_decay, or start the task afresh")
+            if "ema_steps" not in state:
+                raise ValueError("this checkpoint does not say where the EMA's warm-up stands (it predates "
+                                 "train.ema_warmup); start the task afresh")
             self.ema.load_state_dict(state["ema"])
             self.ema_steps = int(state["ema_steps"])
 

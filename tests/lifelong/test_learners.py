@@ -224,6 +224,9 @@ def test_diffusion_ema_is_what_the_task_exports_and_resumes(tmp_path, warmup):
     without_ema = _learner(_config(tmp_path, "diffusion", "finetune", DIFFUSION, 1)).state_dict()
     with pytest.raises(ValueError, match="no EMA weights"):
         resumed.load_state_dict(without_ema)
+    older = {k: v for k, v in resumed.state_dict().items() if k != "ema_steps"}
+    with pytest.raises(ValueError, match="warm-up"):
+        resumed.load_state_dict(older)
 
     exported = load_model(torch.load(_export(resumed, tmp_path / "task1.pt"), weights_only=True))
     _assert_same(resumed.ema.state_dict(), exported)
