@@ -208,7 +208,7 @@ def bench_stage(params_raw: dict, work: Path) -> None:
     one_stage("cold stage (own process)", 1)
     folder = tempfile.mkdtemp(prefix="lifelong-bench-")
     sock = os.path.join(folder, "s.sock")
-    server = subprocess.Popen([sys.executable, "-m", "pipeline.stageserver", "--socket", sock], cwd=repo, env=env)
+    server = subprocess.Popen([sys.executable, "-m", "pipeline.services.stageserver", "--socket", sock], cwd=repo, env=env)
     while not os.path.exists(sock):
         time.sleep(0.2)
     env["LIFELONG_STAGE_SERVER"] = sock

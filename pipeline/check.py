@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.layout import layout, run_stage, write_json
+from pipeline.layout import layout, write_json
 from pipeline.params import load_params
 from pipeline.plan import PLAN_FILE, write_plan
+from pipeline.stage import run_stage
 
 
 def main() -> int:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-
 import time
 
 import numpy as np
 
-from pipeline.layout import run_stage, git_commit, layout, write_json
+from pipeline.layout import git_commit, layout, write_json
 from pipeline.params import load_params
 from pipeline.registry import register_model_version, setup_mlflow
+from pipeline.stage import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from lifelong.catalog import run_spec
-from pipeline.layout import layout, read_json, run_stage, write_json
+from pipeline.layout import layout, read_json, write_json
 from pipeline.params import check_chain, load_params, split_chain
-from pipeline.registry import check_model_version, download_model_version, setup_mlflow
 from pipeline.plan import stage_name
+from pipeline.registry import check_model_version, download_model_version, setup_mlflow
+from pipeline.stage import run_stage
 
 MATRIX_KEYS = ("fid", "kid", "acc", "div")
 IMAGE_MATRIX_KEYS = MATRIX_KEYS + ("l1",)

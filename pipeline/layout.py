@@ -14,8 +14,9 @@ from pathlib import Path
 
 from pipeline.params import Params, repo_root
 
-# Telemetry off everywhere a stage runs (also set by scripts/setup.sh and `lifelong repro`).
-for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}.items():
+# Telemetry off everywhere a stage runs, and in what `lifelong` starts (scripts/setup.sh and .ci/run too).
+TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
+for _k, _v in TELEMETRY_OFF.items():
     os.environ.setdefault(_k, _v)
 
 
@@ -88,12 +89,25 @@ class Layout:
         root = self.runs_root(params)
         return self.root / "runs" if "://" in root else Path(root)
 
-    def tracking_uri(self, params: Params) -> str:
-        return params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
+    def tracking_uri(self, params: Params | None) -> str:
+        """mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else the checkout's own mlflow.db (params None:
+        a params.yaml that does not load)."""
+        configured = params.mlflow.tracking_uri if params is not None else None
+        return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.root / 'mlflow.db'}"
 
     @property
     def artifact_root(self) -> Path:
         return self.root / "mlartifacts"
+
+    def private_paths(self) -> list[Path]:
+        """What a worker node of a real cluster would not have of this checkout: data, runs, models, results,
+        MLflow's stores, the team stack's state, DVC's cache; mlflow.db only if it exists (a missing path is
+        created as a directory by the harness that hides it: `lifelong cluster-test --hide-repo`)."""
+        paths = [self.root / p for p in ("data", "runs", "models", "results", "mlartifacts", "mlruns", ".stack",
+                                         ".dvc/cache")]
+        if (self.root / "mlflow.db").exists():
+            paths.append(self.root / "mlflow.db")
+        return paths
 
 
 def layout() -> Layout:
@@ -123,38 +137,3 @@ def git_commit(root: Path) -> str:
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.TimeoutExpired):
         return ""
-
-
-def run_stage(main) -> None:
-    """Entry point of every stage: a user error (bad params, missing shard/model/receipt) is one clear
-    message on stderr and exit code 2, not a traceback. Anything else is a bug and keeps its traceback."""
-    import sys
-
-    from pipeline.params import ParamsError
-    from pipeline.stageserver import maybe_forward
-
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if spec is not None:
-        maybe_forward(spec.name)  # exits here when `lifelong repro`'s warm stage server ran the stage
-
-    threads = os.environ.get("LIFELONG_TORCH_THREADS")
-    if threads and "torch" in sys.modules:
-        # `lifelong repro -j N` splits the cores between the chains it runs at once; OMP_NUM_THREADS
-        # does that for a cold stage, this for one forked from the warm stage server (torch is loaded)
-        sys.modules["torch"].set_num_threads(int(threads))
-    from pipeline.registry import TrackingUnavailable
-
-    user_errors: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, LookupError, TrackingUnavailable)
-    try:
-        code = main()
-    except Exception as err:
-        # The data errors are user errors too, if the stage got as far as loading their modules (which
-        # import torch: seconds that `check` and `report` need not pay just for two exception classes).
-        for module, name in (("lifelong.data.sources", "DataSourceError"), ("lifelong.data.shards", "ShardError")):
-            if module in sys.modules:
-                user_errors += (getattr(sys.modules[module], name),)
-        if not isinstance(err, user_errors):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        code = 2
-    sys.exit(code)

@@ -12,11 +12,11 @@ data.dataset is grayscale, repeat their gray in R, G and B.
 
 from __future__ import annotations
 
-
 import numpy as np
 
-from pipeline.layout import run_stage, layout
+from pipeline.layout import layout
 from pipeline.params import load_params
+from pipeline.stage import run_stage
 
 
 def _cap_per_class(images: np.ndarray, labels: np.ndarray, cap: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pipeline.layout import Layout
 from pipeline.params import Params
+from pipeline.stackclient import client_env
 from pipeline.tracking import RUN_KEY_TAG
 
 MODEL_FILE = "model.pt"
@@ -52,7 +53,7 @@ def setup_mlflow(params: Params, lay: Layout) -> str:
     import mlflow
 
     uri = lay.tracking_uri(params)
-    for key, value in _stack_credentials(lay, uri).items():
+    for key, value in client_env(lay.root, uri).items():
         os.environ.setdefault(key, value)  # Ray workers get MLFLOW_* from this process (pipeline/task.py)
     mlflow.set_tracking_uri(uri)
     client, exp = preflight(uri, params.experiment)
@@ -129,15 +130,6 @@ def _redact(uri: str) -> str:
     import re
 
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", uri)
-
-
-def _stack_credentials(lay: Layout, uri: str) -> dict[str, str]:
-    """The generated credentials of this repository's `lifelong stack`, when `uri` is its server."""
-    try:
-        from pipeline.stack import client_env
-    except ImportError:
-        return {}
-    return client_env(lay.root, uri)
 
 
 def register_model_version(

@@ -13,12 +13,12 @@ forgetting_l1_mean and matrix.l1.
 
 from __future__ import annotations
 
-
 import numpy as np
 
-from pipeline.layout import run_stage, layout, read_json, write_json
+from pipeline.layout import layout, read_json, write_json
 from pipeline.params import load_params, split_chain
 from pipeline.registry import setup_mlflow
+from pipeline.stage import run_stage
 
 METRIC_KEYS = ("fid_final_mean", "kid_final_mean", "acc_final_mean", "div_final_mean", "forgetting_fid_mean", "bwt_fid",
                "forgetting_acc_mean", "bwt_acc", "noise_floor_fid", "noise_floor_kid",

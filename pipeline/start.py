@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.layout import run_stage, layout, write_json
+from pipeline.layout import layout, write_json
 from pipeline.params import check_chain, load_params
+from pipeline.stage import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lifelong.catalog import run_spec
+from pipeline.layout import TELEMETRY_OFF
 from pipeline.params import Params
-
-# Telemetry off for every process Ray starts for us.
-TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
 
 
 def model_config(params: Params, scenario: str, family: str) -> dict:

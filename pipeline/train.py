@@ -27,12 +27,14 @@ from pathlib import Path
 import mlflow
 
 from lifelong.catalog import run_spec
-from pipeline.layout import Layout, git_commit, layout, read_json, run_stage, write_json
+from pipeline.layout import Layout, git_commit, layout, read_json, write_json
 from pipeline.params import Params, check_chain, load_params, split_chain
 from pipeline.plan import result_values, stage_name
 from pipeline.registry import check_model_version, failpoint, model_name, register_model_version, setup_mlflow
+from pipeline.stage import run_stage
 from pipeline.task import apply_tuned, budget, checkpoints_kind, final_model, fit, model_config, use_local_mode
-from pipeline.tracking import chain_run, task_run, train_loop
+from pipeline.tracking import chain_run, task_run
+from pipeline.worker import train_loop
 
 
 def flat_params(params: Params) -> dict[str, str]:

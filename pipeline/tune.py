@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 from lifelong.catalog import run_spec
-from pipeline.layout import Layout, layout, read_json, run_stage, write_json
+from pipeline.layout import Layout, layout, read_json, write_json
 from pipeline.params import TUNABLE, Params, TuneParams, load_params, with_values
+from pipeline.stage import run_stage
 from pipeline.task import budget, check_cluster, connect_ray, fit, model_config
 
 # --- paths and the `tuned` selection (cheap: no torch, no Ray) ---------------------------------

@@ -81,7 +81,7 @@ def make_clone(dest: Path, params: dict) -> Path:
 def s3_root(tmp_path):
     """A SeaweedFS S3 endpoint with generated keys, as the team stack runs it, for `storage.uri`:
     yields (the AWS_* variables a stage needs, a boto3 client, the bucket); stopped after the test."""
-    from pipeline import stack
+    from pipeline.services import stack
 
     cfg = stack.new_config(bucket="lifelong-it")
     (tmp_path / "stack").mkdir()

@@ -20,7 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline import stack
+from pipeline import stackclient
+from pipeline.services import procs, stack
 from tests.integration.conftest import BIN, stage_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -30,7 +31,7 @@ MODEL = "stack-it"
 
 def lifelong_stack(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = stage_env()
-    env.pop(stack.STACK_DIR_ENV, None)
+    env.pop(stackclient.STACK_DIR_ENV, None)
     res = subprocess.run([str(BIN / "lifelong"), "stack", *args], cwd=root, env=env, capture_output=True,
                          text=True, timeout=400)
     if check and res.returncode != 0:
@@ -105,7 +106,7 @@ def test_stack_up_write_down_up(root, monkeypatch):
     assert stat.S_IMODE(sdir.stat().st_mode) in (0o700, 0o711)  # 0711 as root: the postgres user passes through
     env = dict(line.split("=", 1) for line in (sdir / "mlflow.env").read_text().splitlines())
     assert env["MLFLOW_TRACKING_URI"] == uri
-    assert stack.client_env(root, uri) == {k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    assert stackclient.client_env(root, uri) == {k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     print(f"up: {time.time() - t0:.1f} s")
 
     # An MLflow client with the generated user: an experiment, a run with a metric and an artifact, a model version.
@@ -161,7 +162,7 @@ def test_stack_up_write_down_up(root, monkeypatch):
 
     # down: every process gone, status says so.
     lifelong_stack(root, "down")
-    alive = [p for p in pids if stack._alive(p)]  # a zombie nobody reaped yet is gone
+    alive = [p for p in pids if procs.alive(p)]  # a zombie nobody reaped yet is gone
     assert not alive, alive
     assert lifelong_stack(root, "status", check=False).returncode == stack.EXIT_DOWN
     print(f"down: {time.time() - t0:.1f} s")

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import clustertest
+from pipeline.devtools import clustertest
 
 FAULT_RUN = "diffusion-generative_distillation"
 

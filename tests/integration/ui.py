@@ -1,4 +1,4 @@
-"""The MLflow UI as a person sees it after `lifelong repro`: pipeline/uicheck.py in headless Chromium
+"""The MLflow UI as a person sees it after `lifelong repro`: pipeline/devtools/uicheck.py in headless Chromium
 over a real finished run chain. Called by test_pipeline.py on its chain (two runs, two tasks, trained
 by the real train stages in a clone), so no second chain is trained for it."""
 
@@ -24,7 +24,7 @@ def assert_ui_shows_the_chain(repo: Path, out: Path, model: str, aliases: set[st
     from PIL import Image
 
     before = _store_state(repo)
-    res = run([sys.executable, "-m", "pipeline.uicheck", "--out", str(out)], repo, check=False, timeout=600)
+    res = run([sys.executable, "-m", "pipeline.devtools.uicheck", "--out", str(out)], repo, check=False, timeout=600)
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
     missing = [f"{c['page']}: {c['looked_for']} ({c['detail']})" for c in report.get("checks", []) if not c["found"]]
     assert res.returncode == 0, f"not on screen: {missing}\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"

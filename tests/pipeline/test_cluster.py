@@ -155,7 +155,7 @@ def test_cluster_test_control_socket_one_json_line_each_way(tmp_path, monkeypatc
     import socket
     import threading
 
-    from pipeline import clustertest
+    from pipeline.devtools import clustertest
 
     path = tmp_path / "control.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -198,7 +198,7 @@ def _free_port() -> int:
 def test_an_unreachable_tracking_store_is_one_line_naming_it_within_20_s(tmp_path, uri):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     uri = uri.format(port=_free_port())
-    code = ("from pipeline.layout import run_stage\nfrom pipeline.params import load_params\n"
+    code = ("from pipeline.stage import run_stage\nfrom pipeline.params import load_params\n"
             "from pipeline.layout import layout\nfrom pipeline.registry import setup_mlflow\n"
             "run_stage(lambda: setup_mlflow(load_params(), layout()) and 0)")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DVC_ROOT": str(tmp_path), "PYTHONPATH": str(REPO),

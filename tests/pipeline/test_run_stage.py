@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lifelong.data.shards import ShardError
-from pipeline.layout import run_stage
 from pipeline.params import ParamsError
+from pipeline.stage import run_stage
 
 
 def _raises(err: BaseException):

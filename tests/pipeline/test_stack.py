@@ -1,4 +1,5 @@
-"""pipeline/stack.py without servers: ports, the generated configuration files, client_env."""
+"""pipeline/services/stack.py without servers: ports, the generated configuration files; and what a client
+reads of it (pipeline/stackclient.py: client_env)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import stat
 
 import pytest
 
-from pipeline import stack
+from pipeline import stackclient
+from pipeline.services import stack
 
 
 @pytest.fixture(autouse=True)
 def _no_stack_dir_override(monkeypatch):
-    monkeypatch.delenv(stack.STACK_DIR_ENV, raising=False)
+    monkeypatch.delenv(stackclient.STACK_DIR_ENV, raising=False)
 
 
 def test_pick_ports_avoids_busy_and_taken_ports_and_their_grpc_twins():
@@ -109,27 +111,27 @@ def test_auth_ini_holds_the_admin_and_the_auth_store(tmp_path):
 
 
 def test_config_and_env_file_are_private_and_client_env_matches_only_this_stack(tmp_path):
-    sdir = stack.stack_dir(tmp_path)
+    sdir = stackclient.stack_dir(tmp_path)
     assert sdir == tmp_path.resolve() / ".stack"
-    assert stack.client_env(tmp_path, "http://127.0.0.1:5000") == {}  # no stack yet
+    assert stackclient.client_env(tmp_path, "http://127.0.0.1:5000") == {}  # no stack yet
     sdir.mkdir()
     cfg = stack.new_config(is_free=lambda p: True)
     stack.save_config(sdir, cfg)
     assert stat.S_IMODE((sdir / "stack.json").stat().st_mode) == 0o600
-    assert stack.load_config(sdir) == cfg
+    assert stackclient.load_config(sdir) == cfg
     port, pw = cfg["mlflow"]["port"], cfg["mlflow"]["password"]
     want = {"MLFLOW_TRACKING_USERNAME": "lifelong", "MLFLOW_TRACKING_PASSWORD": pw}
     for uri in (f"http://127.0.0.1:{port}", f"http://localhost:{port}/", f"HTTP://127.0.0.1:{port}"):
-        assert stack.client_env(tmp_path, uri) == want, uri
+        assert stackclient.client_env(tmp_path, uri) == want, uri
     for uri in (f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}", f"sqlite:///{tmp_path}/mlflow.db", None, ""):
-        assert stack.client_env(tmp_path, uri) == {}, uri
+        assert stackclient.client_env(tmp_path, uri) == {}, uri
     env = dict(line.split("=", 1) for line in stack.env_file(cfg).splitlines())
     assert env == {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", **want}
 
 
 def test_stack_dir_env_override(tmp_path, monkeypatch):
-    monkeypatch.setenv(stack.STACK_DIR_ENV, str(tmp_path / "elsewhere"))
-    assert stack.stack_dir(tmp_path / "repo") == tmp_path / "elsewhere"
+    monkeypatch.setenv(stackclient.STACK_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert stackclient.stack_dir(tmp_path / "repo") == tmp_path / "elsewhere"
 
 
 def test_status_and_down_without_a_stack(tmp_path, capsys):

@@ -26,7 +26,7 @@ STAGE = '''
 import os, subprocess, sys, time
 from pathlib import Path
 
-from pipeline.stageserver import maybe_forward
+from pipeline.stage import maybe_forward
 
 
 def write(path, text):  # readers never see a half-written file
@@ -56,13 +56,13 @@ def main():
 
 
 if __name__ == "__main__":
-    maybe_forward(__spec__.name)  # what pipeline.layout.run_stage does first, without its imports
+    maybe_forward(__spec__.name)  # what pipeline.stage.run_stage does first, without its imports
     sys.exit(main())
 '''
 
 
 def _start(sock: str, log: Path, *extra: str, preload: str = PRELOAD) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stageserver", "--socket", sock, "--preload", preload,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.services.stageserver", "--socket", sock, "--preload", preload,
                              *extra], cwd=REPO, stderr=log.open("w"), start_new_session=True)  # as cli.py does
     _wait_for(lambda: os.path.exists(sock), 60, "stage server did not start", proc)
     return proc
@@ -270,7 +270,7 @@ def test_the_server_stops_when_its_parent_dies(stage_dir, tmp_path):
     # A stand-in for `lifelong repro`: starts the server, then is killed -9 (no chance to stop it).
     parent = subprocess.Popen(
         [sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen(sys.argv[1:]); print(p.pid, flush=True); "
-         "p.wait()", sys.executable, "-m", "pipeline.stageserver", "--socket", sock, "--preload", PRELOAD],
+         "p.wait()", sys.executable, "-m", "pipeline.services.stageserver", "--socket", sock, "--preload", PRELOAD],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     server = int(parent.stdout.readline())
     try:

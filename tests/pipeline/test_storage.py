@@ -33,7 +33,7 @@ def shard_dir(tmp_path_factory):
 def s3(tmp_path_factory):
     """A SeaweedFS S3 endpoint with generated keys, as the team stack runs it; the AWS_* variables
     every client (pyarrow, Ray Train, boto3) reads are set for the module and restored after it."""
-    from pipeline import stack
+    from pipeline.services import stack
 
     sdir = tmp_path_factory.mktemp("stack")
     cfg = stack.new_config(bucket="lifelong-test")

@@ -1,6 +1,6 @@
 """`lifelong ui` shows everything and lets nobody write into the pipeline's stores.
 
-A real `lifelong ui` (pipeline/uiserver.py) over a real sqlite store with a run, a logged model with
+A real `lifelong ui` (pipeline/services/uiserver.py) over a real sqlite store with a run, a logged model with
 artifact files under <repo>/mlartifacts (a file:// root, as the pipeline creates it) and a registered
 version with an alias: reads over REST succeed; every kind of write is refused, and the database file
 and the artifact folder are byte for byte what they were.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.uicheck import UIServer
-from pipeline.uiserver import StoreError, is_read, read_only_uri
+from pipeline.devtools.uicheck import UIServer
+from pipeline.services.uiserver import StoreError, is_read, read_only_uri
 
 pytestmark = pytest.mark.timeout(600)  # the UI server starts in 15 s idle, minutes on a loaded 2-core box
 

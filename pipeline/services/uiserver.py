@@ -25,7 +25,7 @@ AI assistant panel (which needs writes) stays closed.
 The server runs in its own temporary working directory (removed at exit), so nothing MLflow creates
 relative to its CWD lands in the repository. Usage (what `lifelong ui` runs):
 
-    python -m pipeline.uiserver --store sqlite:////abs/mlflow.db [--host 127.0.0.1] [--port 5000]
+    python -m pipeline.services.uiserver --store sqlite:////abs/mlflow.db [--host 127.0.0.1] [--port 5000]
 
 `--port 0` binds a free port; the URL is printed once the socket is bound:
 `[lifelong ui] http://127.0.0.1:<port> (read-only)`.
@@ -192,10 +192,14 @@ def _exit_on_signal(signum, _frame):
 def serve(store_uri: str, *, host: str = "127.0.0.1", port: int = 5000) -> int:
     ro_uri = read_only_uri(store_uri)
     if "mlflow.server" in sys.modules:  # its settings are read from the environment at import
-        raise RuntimeError("pipeline.uiserver.serve must run before mlflow.server is imported")
-    from mlflow.server.constants import (ARTIFACT_ROOT_ENV_VAR, ARTIFACTS_DESTINATION_ENV_VAR,
-                                         BACKEND_STORE_URI_ENV_VAR, REGISTRY_STORE_URI_ENV_VAR,
-                                         SERVE_ARTIFACTS_ENV_VAR)
+        raise RuntimeError("pipeline.services.uiserver.serve must run before mlflow.server is imported")
+    from mlflow.server.constants import (
+        ARTIFACT_ROOT_ENV_VAR,
+        ARTIFACTS_DESTINATION_ENV_VAR,
+        BACKEND_STORE_URI_ENV_VAR,
+        REGISTRY_STORE_URI_ENV_VAR,
+        SERVE_ARTIFACTS_ENV_VAR,
+    )
 
     scratch = tempfile.mkdtemp(prefix="lifelong-ui-")
     try:
@@ -249,7 +253,7 @@ def run(store_uri: str, *, host: str = "127.0.0.1", port: int = 5000) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.uiserver", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.services.uiserver", description=__doc__.splitlines()[0])
     ap.add_argument("--store", required=True, help="tracking/registry store URI (sqlite:///... or postgresql://...)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=5000, help="0: a free port")

@@ -1,11 +1,12 @@
-"""A two-node Ray cluster on one machine, for tests and for users: `lifelong cluster-test` (= `python -m pipeline.clustertest`).
+"""A two-node Ray cluster on one machine, for tests and for users: `lifelong cluster-test` (= `python -m pipeline.devtools.clustertest`).
 
     lifelong cluster-test [OPTIONS] -- COMMAND...   run COMMAND against a fresh head + worker node(s)
     lifelong cluster-test status|kill-node|add-node  from inside COMMAND: the cluster, a fault, a new node
     lifelong cluster-test selftest [--json FILE]     a small Ray Train job through a node kill (the proof)
 
 From Python: `run(command, hide=[...], ...) -> report` (host side), `status()`, `kill_node()`, `add_node()`
-(inside COMMAND), `selftest()`, `repo_private_paths(repo)` (what a worker node of a real cluster would not have).
+(inside COMMAND), `selftest()`; `--hide-repo REPO` hides what a worker node of a real cluster would not have of a checkout
+(pipeline.layout.Layout.private_paths).
 
 What it builds, all inside namespaces of its own, so nothing reaches or is reachable from the host:
 
@@ -70,6 +71,8 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.services import procs
+
 HOST = "127.0.0.1"
 GCS_PORT = 6379  # the namespace has a port space of its own: the default port is always free
 DASHBOARD_PORT = 8265
@@ -82,11 +85,10 @@ READY_TIMEOUT_S = 120.0
 START_ATTEMPTS = 3
 STARTUP_CONCURRENCY = 4
 NODE_GONE_TIMEOUT_S = 20.0  # after a kill, how long the node's other processes may take to exit
-STOP_GRACE_S = 10.0
 HIDDEN_SOURCE = "clustertest"  # the tmpfs mounts' source name, as findmnt shows it
 READY_MARK = "Ray runtime started"
-MODULE = "pipeline.clustertest"
-PKG_ROOT = str(Path(__file__).resolve().parents[1])
+MODULE = "pipeline.devtools.clustertest"
+PKG_ROOT = str(Path(__file__).resolve().parents[2])  # the repository: `pipeline` imports from here
 
 ENV_CONTROL = "CLUSTERTEST_CONTROL"
 ENV_DIR = "CLUSTERTEST_DIR"
@@ -122,18 +124,6 @@ def _ray_exe() -> str:
     return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
 
 
-def repo_private_paths(root: str | os.PathLike) -> list[Path]:
-    """What a worker node of a real cluster would not have of this repository: data, runs, models, results,
-    MLflow's stores, the team stack's state, DVC's cache; mlflow.db only if it exists (a missing path is
-    created as a directory)."""
-    root = Path(root).resolve()
-    paths = [root / p for p in ("data", "runs", "models", "results", "mlartifacts", "mlruns", ".stack",
-                                ".dvc/cache")]
-    if (root / "mlflow.db").exists():
-        paths.append(root / "mlflow.db")
-    return paths
-
-
 # --- /proc ----------------------------------------------------------------------------------------------
 
 def _ns(pid: int | str, kind: str) -> str | None:
@@ -158,11 +148,6 @@ def _stat(pid: int) -> tuple[str, str, int] | None:
     return comm, fields[0], int(fields[1])
 
 
-def _alive(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[1] not in ("Z", "X")
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
@@ -172,7 +157,7 @@ def _cmdline(pid: int) -> list[str]:
 
 def processes_in_netns(netns: str) -> list[int]:
     """Host pids of the processes whose network namespace is `netns` (e.g. 'net:[4026532179]')."""
-    return [p for p in _pids() if _ns(p, "net") == netns and _alive(p)]
+    return [p for p in _pids() if _ns(p, "net") == netns and procs.alive(p)]
 
 
 def _mounts() -> list[tuple[str, str, str]]:
@@ -184,30 +169,6 @@ def _mounts() -> list[tuple[str, str, str]]:
         fstype, source = right.split()[:2]
         out.append((target, fstype, source))
     return out
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _wait_gone(pids, timeout: float) -> list[int]:
-    """Wait until no pid of `pids` is alive (zombies count as gone); returns those still alive."""
-    deadline = time.monotonic() + timeout
-    left = [p for p in pids if _alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = [p for p in left if _alive(p)]
-    return left
 
 
 def _loopback_up() -> None:
@@ -279,14 +240,14 @@ class Node:
     def info(self) -> dict:
         return {"name": self.name, "head": self.head, "node_id": self.node_id, "raylet_pid": self.raylet_pid,
                 "pid": self.proc.pid, "mntns": self.mntns, "temp_dir": str(self.temp_dir), "log": str(self.log),
-                "alive": self.proc.poll() is None and self.raylet_pid is not None and _alive(self.raylet_pid),
+                "alive": self.proc.poll() is None and self.raylet_pid is not None and procs.alive(self.raylet_pid),
                 "start_s": self.started_s, "killed": self.killed}
 
     def processes(self) -> list[int]:
         """A worker node's processes: everything in its mount namespace."""
         if self.head or not self.mntns:
             return [self.proc.pid] if self.proc.poll() is None else []
-        return [p for p in _pids() if _ns(p, "mnt") == self.mntns and _alive(p)]
+        return [p for p in _pids() if _ns(p, "mnt") == self.mntns and procs.alive(p)]
 
 
 class Manager:
@@ -362,11 +323,11 @@ class Manager:
         self.nodes.remove(node)
         me = os.getpid()
         keep_mnt = {_ns(me, "mnt")} | {n.mntns for n in self.nodes if n.mntns and n.proc.poll() is None}
-        doomed = [p for p in _pids() if p not in (1, me) and _alive(p)
+        doomed = [p for p in _pids() if p not in (1, me) and procs.alive(p)
                   and (node.head or _ns(p, "mnt") not in keep_mnt)]
         for p in doomed:
-            _kill(p, signal.SIGKILL)
-        _wait_gone(doomed, 5)
+            procs.send(p, signal.SIGKILL)
+        procs.wait_gone(doomed, 5)
         node.proc.poll()
 
     def _spawn(self, name: str, head: bool, num_cpus: int | None = None, attempt: int = 1) -> Node:
@@ -452,26 +413,26 @@ class Manager:
             raise ClusterTestError(f"kill-node mode is 'raylet' or 'node', not {mode!r}")
         node = self._worker(name)
         t = time.monotonic()
-        procs = node.processes()
+        pids = node.processes()
         if mode == "raylet":
-            _kill(node.raylet_pid, signal.SIGKILL)
+            procs.send(node.raylet_pid, signal.SIGKILL)
         else:
-            for p in procs:
-                _kill(p, signal.SIGKILL)
+            for p in pids:
+                procs.send(p, signal.SIGKILL)
         # `ray start --block` notices its raylet's death and stops the node; Ray workers whose raylet is gone
         # exit by themselves. What is still there after NODE_GONE_TIMEOUT_S is killed, and said.
-        left = _wait_gone(procs, NODE_GONE_TIMEOUT_S)
+        left = procs.wait_gone(pids, NODE_GONE_TIMEOUT_S)
         forced = []
         if left:
             forced = [{"pid": p, "cmd": " ".join(_cmdline(p))[:200]} for p in left]
             for p in left:
-                _kill(p, signal.SIGKILL)
-            _wait_gone(left, 5)
+                procs.send(p, signal.SIGKILL)
+            procs.wait_gone(left, 5)
         node.proc.poll()
         node.killed = {"t": self._now(), "mode": mode, "seconds_until_gone": round(time.monotonic() - t, 2),
-                       "processes": len(procs), "forced": forced}
+                       "processes": len(pids), "forced": forced}
         self.events.append({"event": "kill-node", "name": node.name, "node_id": node.node_id, **node.killed})
-        _log(f"killed node {node.name} ({mode}, raylet pid {node.raylet_pid}); its {len(procs)} processes gone "
+        _log(f"killed node {node.name} ({mode}, raylet pid {node.raylet_pid}); its {len(pids)} processes gone "
              f"in {node.killed['seconds_until_gone']} s" + (f", {len(forced)} of them by SIGKILL" if forced else ""))
         return node.info()
 
@@ -557,7 +518,7 @@ class Manager:
             t = time.monotonic()
             self.stop_signal = self.stop_signal or -1  # refuse control requests from now on
             self.tearing_down = True
-            locked = self.lock.acquire(timeout=STOP_GRACE_S)  # a node start in progress fails once torn down
+            locked = self.lock.acquire(timeout=procs.STOP_GRACE_S)  # a node start in progress fails once torn down
             try:
                 self.teardown()
             finally:
@@ -587,47 +548,47 @@ class Manager:
                 _log(f"command still running after {timeout} s: stopping it")
                 self.stop_signal, forwarded = signal.SIGTERM, time.monotonic()
                 self.timed_out = True
-                _killpg(self.command.pid, signal.SIGTERM)
+                procs.send(self.command.pid, signal.SIGTERM, group=True)
                 deadline = None
             elif self.stop_signal is not None and forwarded is None:
                 forwarded = time.monotonic()
-                _killpg(self.command.pid, self.stop_signal)
-            if forwarded is not None and time.monotonic() - forwarded > STOP_GRACE_S:
-                _killpg(self.command.pid, signal.SIGKILL)
+                procs.send(self.command.pid, self.stop_signal, group=True)
+            if forwarded is not None and time.monotonic() - forwarded > procs.STOP_GRACE_S:
+                procs.send(self.command.pid, signal.SIGKILL, group=True)
                 self.command.wait()
                 return 124 if self.timed_out else 128 + (self.stop_signal or signal.SIGTERM)
 
     def teardown(self) -> None:
         me = os.getpid()
         if self.command is not None and self.command.poll() is None:
-            _killpg(self.command.pid, signal.SIGTERM)
+            procs.send(self.command.pid, signal.SIGTERM, group=True)
             try:
-                self.command.wait(STOP_GRACE_S)
+                self.command.wait(procs.STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 pass
         if self.command is not None:
-            _killpg(self.command.pid, signal.SIGKILL)  # what COMMAND left in its process group
+            procs.send(self.command.pid, signal.SIGKILL, group=True)  # what COMMAND left in its process group
         # worker nodes first, then the head: each `ray start --block` stops its own node on SIGTERM
         for group in ([n for n in self.nodes if not n.head], [n for n in self.nodes if n.head]):
             live = [n for n in group if n.proc.poll() is None]
             for n in live:
-                _kill(n.proc.pid, signal.SIGTERM)
+                procs.send(n.proc.pid, signal.SIGTERM)
             for n in live:
                 try:
-                    n.proc.wait(STOP_GRACE_S)
+                    n.proc.wait(procs.STOP_GRACE_S)
                 except subprocess.TimeoutExpired:
                     pass
         # everything else in the PID namespace (we are 1's only child: 1 stays, and reaps)
-        rest = [p for p in _pids() if p not in (1, me) and _alive(p)]
+        rest = [p for p in _pids() if p not in (1, me) and procs.alive(p)]
         if rest:
             _log(f"{len(rest)} processes left after the nodes stopped (e.g. the dashboard's forkserver); stopping "
                  "them: " + "; ".join(f"{p} {' '.join(_cmdline(p))[:100]}" for p in rest[:5]))
             for p in rest:
-                _kill(p, signal.SIGTERM)
-            left = _wait_gone(rest, 1)
+                procs.send(p, signal.SIGTERM)
+            left = procs.wait_gone(rest, 1)
             for p in left:
-                _kill(p, signal.SIGKILL)
-            _wait_gone(left, 5)
+                procs.send(p, signal.SIGKILL)
+            procs.wait_gone(left, 5)
         for n in self.nodes:
             n.proc.poll()
 
@@ -658,7 +619,7 @@ def _pid1_main(cfg_path: str) -> int:
     manager = subprocess.Popen(_self_cmd("_manager", cfg_path))
 
     def forward(signum, _frame):
-        _kill(manager.pid, signum)
+        procs.send(manager.pid, signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
@@ -731,15 +692,12 @@ def _unshare_prefix() -> list[str]:
     return cmd
 
 
-def _die_with_parent():
+def _die_with_parent_preexec():
     """A preexec_fn for `unshare`: SIGKILL when the harness's thread dies, however it dies; --kill-child then
     takes the namespace's PID 1, and the kernel everything in the namespace. (libc is looked up here, before
     the fork: the child only makes the call.)"""
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    PR_SET_PDEATHSIG = 1
-    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    procs.prepare_die_with_parent()
+    return lambda: procs.die_with_parent(signal.SIGKILL)
 
 
 def _child_of(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
@@ -794,16 +752,16 @@ def run(command: list[str], *, hide=(), nodes: int = 1, head_cpus: int = 1, node
     (workdir / "config.json").write_text(json.dumps(cfg, indent=1))
     mounts_before = set(_mounts())
     proc = subprocess.Popen([*_unshare_prefix(), *_self_cmd("_init", str(workdir / "config.json"))], cwd=cfg["cwd"],
-                            preexec_fn=_die_with_parent())
+                            preexec_fn=_die_with_parent_preexec())
     netns = None
     pid1 = None
     old_handlers = {}
 
     def forward(signum, _frame):
         if pid1:
-            _kill(pid1, signum)
+            procs.send(pid1, signum)
         else:
-            _kill(proc.pid, signal.SIGKILL)  # --kill-child takes the namespace with it
+            procs.send(proc.pid, signal.SIGKILL)  # --kill-child takes the namespace with it
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -813,7 +771,7 @@ def run(command: list[str], *, hide=(), nodes: int = 1, head_cpus: int = 1, node
         netns = _ns(pid1, "net") if pid1 else None
         rc = proc.wait()
     except BaseException:
-        _kill(proc.pid, signal.SIGKILL)
+        procs.send(proc.pid, signal.SIGKILL)
         proc.wait()
         raise
     finally:
@@ -821,7 +779,7 @@ def run(command: list[str], *, hide=(), nodes: int = 1, head_cpus: int = 1, node
             signal.signal(sig, h)
     leftover = [{"pid": p, "cmd": " ".join(_cmdline(p))[:200]} for p in processes_in_netns(netns)] if netns else []
     for p in leftover:
-        _kill(p["pid"], signal.SIGKILL)
+        procs.send(p["pid"], signal.SIGKILL)
     leaked = [m for m in set(_mounts()) - mounts_before
               if m[2] == HIDDEN_SOURCE or m[0].startswith(str(workdir)) or m[0] in hidden]
     try:
@@ -1140,7 +1098,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         sep = argv.index("--")
         a = _run_parser().parse_args(argv[:sep])
-        hide = list(a.hide) + (repo_private_paths(a.hide_repo) if a.hide_repo else [])
+        from pipeline.layout import Layout
+
+        hide = list(a.hide) + (Layout(Path(a.hide_repo).resolve()).private_paths() if a.hide_repo else [])
         report = run(argv[sep + 1:], hide=hide, nodes=a.nodes, head_cpus=a.head_cpus, node_cpus=a.node_cpus,
                      object_store_mb=a.object_store_mb, dashboard=not a.no_dashboard, auth=a.auth, port=a.port,
                      fast_failure_detection=not a.slow_failure_detection, timeout=a.timeout, keep=a.keep)

@@ -18,15 +18,16 @@ import sys
 import tempfile
 import time
 
-from pipeline import stack
 from pipeline.cluster import LOCAL_CLUSTER_ENV
+from pipeline.layout import TELEMETRY_OFF, layout
 from pipeline.params import Params, ParamsError, load_params, repo_root
 from pipeline.plan import PLAN_FILE, chain_stages, write_plan
-from pipeline.task import TELEMETRY_OFF, connect_ray, ray_address, use_local_mode
+from pipeline.services import procs, stack
+from pipeline.task import connect_ray, ray_address, use_local_mode
 
 # Stages every run chain needs; `lifelong repro -j N` runs them once, before the chains.
 SHARED_STAGES = ("check", "prepare", "prepare_image", "classifier", "tuned")
-STOP_GRACE_S = 5.0  # after SIGTERM, how long a stage may take to exit before it is killed
+CLUSTER_TEST = "pipeline.devtools.clustertest"  # `lifelong cluster-test` runs this module
 
 
 def _dvc() -> str:
@@ -48,7 +49,7 @@ class Session:
     Each child (the stage server, every `dvc repro`) runs in its own process group, so a Ctrl-C at
     the terminal reaches only this process, which then stops them in order: the dvc process groups
     (dvc, its shell, the stage clients, any cold stage), then the stage server (which stops the
-    stages it forked), each SIGTERM first and SIGKILL after STOP_GRACE_S; then the Ray cluster it
+    stages it forked), each SIGTERM first and SIGKILL after a grace (pipeline/services/procs.py); then the Ray cluster it
     started. Nothing keeps training after `lifelong repro` returns.
     """
 
@@ -70,12 +71,12 @@ class Session:
         print(f"[lifelong] Ray cluster for this run at {self.env['RAY_ADDRESS']}", flush=True)
 
     def start_stage_server(self) -> None:
-        """The warm fork server (pipeline/stageserver.py): stages skip ~15 s of imports each."""
-        from pipeline.stageserver import ENV_VAR
+        """The warm fork server (pipeline/services/stageserver.py): stages skip ~15 s of imports each."""
+        from pipeline.stage import ENV_VAR
 
         self.server_dir = tempfile.mkdtemp(prefix="lifelong-stages-")  # 0700: only this user can connect
         path = os.path.join(self.server_dir, "stages.sock")
-        self.server = subprocess.Popen([sys.executable, "-m", "pipeline.stageserver", "--socket", path],
+        self.server = subprocess.Popen([sys.executable, "-m", "pipeline.services.stageserver", "--socket", path],
                                        env=self.env, cwd=repo_root(), start_new_session=True)
         self.env[ENV_VAR] = path
 
@@ -103,30 +104,13 @@ class Session:
         return code
 
     def stop(self) -> None:
-        alive = [p for p in self.dvc_procs if p.poll() is None]
-        if self.server is not None and self.server.poll() is None:
-            alive.append(self.server)
-        for proc in alive:
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.time() + STOP_GRACE_S
-        for proc in alive:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
+        # The stage server stops its stages within STOP_GRACE_S + 1 s itself: give it that, and a margin.
+        procs.stop([*self.dvc_procs, *([self.server] if self.server else [])], grace=procs.STOP_GRACE_S + 2)
         if self.server_dir:
             shutil.rmtree(self.server_dir, ignore_errors=True)
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized():  # stops the cluster this process started, or detaches
             ray.shutdown()
-
-
-def _signal_group(proc: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(proc.pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _raise_stop(signum, _frame):
@@ -153,7 +137,6 @@ def repro(dvc_args: list[str], *, jobs: int | None = None, stage_server: bool = 
     params = load_params()  # fail in a second on a bad params.yaml, before any cluster starts
     if write_plan(params, repo_root()):
         print(f"[lifelong] {PLAN_FILE}: train stages for the tasks and runs of params.yaml", flush=True)
-    from pipeline.layout import layout
     from pipeline.registry import TrackingUnavailable, setup_mlflow
 
     try:  # MLflow answers, and the experiment exists, before any stage starts (seconds, not a stage's retries)
@@ -201,25 +184,22 @@ def repro(dvc_args: list[str], *, jobs: int | None = None, stage_server: bool = 
 
 
 def ui(port: int) -> int:
-    """The MLflow UI over this repository's tracking store, read-only (pipeline/uiserver.py): nobody
+    """The MLflow UI over this repository's tracking store, read-only (pipeline/services/uiserver.py): nobody
     who reaches the port can write runs, registry edits or artifacts into the pipeline's stores."""
-    from pipeline import uiserver
+    from pipeline.services import uiserver
 
     try:
-        uri = load_params().mlflow.tracking_uri
+        params = load_params()
     except (ParamsError, OSError):  # a broken or missing params.yaml: still show what is there
-        uri = None
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+        params = None
     os.environ.update(TELEMETRY_OFF)
-    return uiserver.run(uri, host="127.0.0.1", port=port)
+    return uiserver.run(layout().tracking_uri(params), host="127.0.0.1", port=port)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["cluster-test"]:  # its own parser: everything after `--` is the command to run
-        from pipeline import clustertest
-
-        return clustertest.main(argv[1:])
+    if argv[:1] == ["cluster-test"]:  # a harness, not a service: its own module and parser (after `--`: the command)
+        os.execv(sys.executable, [sys.executable, "-m", CLUSTER_TEST, *argv[1:]])
     ap = argparse.ArgumentParser(prog="lifelong", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_repro = sub.add_parser("repro", help="dvc repro, run chains side by side (extra args go to dvc repro)")
@@ -234,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     stack.add_parser(sub)
     sub.add_parser("cluster-test", add_help=False,
                    help="a Ray head + worker node(s) on this machine, in namespaces of their own, to run a "
-                        "command against (`lifelong cluster-test -- lifelong repro`; see pipeline/clustertest.py)")
+                        "command against (`lifelong cluster-test -- lifelong repro`; see pipeline/devtools/clustertest.py)")
     args, rest = ap.parse_known_args(argv)
     try:
         if args.cmd == "repro":

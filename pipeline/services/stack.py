@@ -28,7 +28,6 @@ import pwd
 import random
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,8 +37,9 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-STACK_DIR_ENV = "LIFELONG_STACK_DIR"
-HOST = "127.0.0.1"  # every component listens here and nowhere else
+from pipeline.services import procs
+from pipeline.stackclient import HOST, STACK_DIR_ENV, load_config, stack_dir, state_file, tracking_uri
+
 USER = "lifelong"  # the PostgreSQL role and the MLflow admin user
 DATABASE, AUTH_DATABASE = "mlflow", "mlflow_auth"
 DEFAULT_BUCKET = "mlflow"
@@ -48,7 +48,6 @@ PORT_RANGE = (15000, 22000)  # + GRPC_OFFSET stays below Linux's ephemeral ports
 WEED_PORTS = ("master", "volume", "filer", "s3", "admin")
 MLFLOW_WORKERS = 2  # `mlflow server --workers` unless `up --workers N` (kept in stack.json)
 READY_TIMEOUT_S = 120.0
-STOP_GRACE_S = 10.0
 EXIT_DOWN = 3  # `status` when anything is down
 LOG_TAIL_LINES = 30
 
@@ -59,25 +58,8 @@ class StackError(Exception):
 
 # --- where things are --------------------------------------------------------------------------
 
-def stack_dir(root: Path) -> Path:
-    """The stack's state directory: $LIFELONG_STACK_DIR, else <root>/.stack."""
-    return Path(os.environ.get(STACK_DIR_ENV) or Path(root) / ".stack").resolve()
-
-
-def _state_file(sdir: Path) -> Path:
-    return sdir / "stack.json"
-
-
 def _log(sdir: Path, name: str) -> Path:
     return sdir / "logs" / f"{name}.log"
-
-
-def load_config(sdir: Path) -> dict | None:
-    """stack.json, or None before the first `up` (or when this user may not read it)."""
-    try:
-        return json.loads(_state_file(sdir).read_text())
-    except (FileNotFoundError, PermissionError):
-        return None
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -91,7 +73,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def save_config(sdir: Path, cfg: dict) -> None:
-    _write_private(_state_file(sdir), json.dumps(cfg, indent=2) + "\n")
+    _write_private(state_file(sdir), json.dumps(cfg, indent=2) + "\n")
 
 
 # --- configuration (pure: what the unit tests check) ---------------------------------------------
@@ -188,10 +170,6 @@ def auth_db_uri(cfg: dict, sdir: Path) -> str:
     return f"sqlite:///{sdir / 'mlflow_auth.db'}"
 
 
-def tracking_uri(cfg: dict) -> str:
-    return f"http://{HOST}:{cfg['mlflow']['port']}"
-
-
 def masked(uri: str) -> str:
     """`uri` without its password, for printing."""
     scheme, sep, rest = uri.partition("://")
@@ -263,35 +241,7 @@ def s3_env_file(cfg: dict) -> str:
     return f"{endpoint}AWS_ACCESS_KEY_ID={s3['access_key']}\nAWS_SECRET_ACCESS_KEY={s3['secret_key']}\n"
 
 
-def _same_server(a: str, b: str) -> bool:
-    def norm(uri: str) -> str:
-        return uri.strip().rstrip("/").lower().replace("://localhost", "://127.0.0.1")
-    return norm(a) == norm(b)
-
-
-def client_env(root: Path, tracking_uri_: str | None) -> dict[str, str]:
-    """MLFLOW_TRACKING_USERNAME/PASSWORD when `tracking_uri_` is this repository's stack's MLflow
-    (so `mlflow.tracking_uri: http://127.0.0.1:<port>` or $MLFLOW_TRACKING_URI is all a user sets);
-    {} for any other URI, or when there is no stack."""
-    cfg = load_config(stack_dir(root))
-    if not cfg or not tracking_uri_ or not _same_server(tracking_uri_, tracking_uri(cfg)):
-        return {}
-    return {"MLFLOW_TRACKING_USERNAME": cfg["mlflow"]["username"],
-            "MLFLOW_TRACKING_PASSWORD": cfg["mlflow"]["password"]}
-
-
 # --- processes ----------------------------------------------------------------------------------
-
-def _alive(pid: int | None) -> bool:
-    """Whether `pid` runs (a zombie, an exited child nobody reaped yet, does not)."""
-    if not pid:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
 
 def _cmdline(pid: int) -> str:
     try:
@@ -302,7 +252,7 @@ def _cmdline(pid: int) -> str:
 
 def _ours(pid: int | None, needle: str) -> bool:
     """`pid` runs and is what we started (not an unrelated process that reused the number)."""
-    return _alive(pid) and needle in _cmdline(pid)
+    return procs.alive(pid) and needle in _cmdline(pid)
 
 
 def _spawn(cmd: list[str], log: Path, env: dict, cwd: Path) -> int:
@@ -316,28 +266,6 @@ def _spawn(cmd: list[str], log: Path, env: dict, cwd: Path) -> int:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
                                 cwd=cwd, start_new_session=True)
     return proc.pid
-
-
-def _terminate(pid: int | None, grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM to the process group `pid` leads, SIGKILL after `grace` seconds."""
-    if not _alive(pid):
-        return
-    def send(sig):
-        try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-    send(signal.SIGTERM)
-    deadline = time.time() + grace
-    while _alive(pid) and time.time() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        send(signal.SIGKILL)
-        while _alive(pid) and time.time() < deadline + 5:
-            time.sleep(0.1)
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -358,7 +286,7 @@ def _wait(what: str, ready, timeout: float, log: Path, pid: int | None = None) -
             raise
         except Exception:  # not up yet: refused connections, 5xx, a database still being created
             pass
-        if pid is not None and not _alive(pid):
+        if pid is not None and not procs.alive(pid):
             raise StackError(f"{what} exited during start-up; the end of {log}:\n{_tail(log)}")
         if time.time() > deadline:
             raise StackError(f"{what} was not ready after {timeout:.0f} s; the end of {log}:\n{_tail(log)}")
@@ -516,7 +444,7 @@ class Postgres:
         if res.returncode != 0:
             raise StackError(f"initdb failed:\n{res.stdout[-3000:]}{res.stderr[-3000:]}")
         with open(self.data / "postgresql.conf", "a") as f:
-            f.write("\n# lifelong stack (pipeline/stack.py): TCP on loopback only (the port comes from stack.json),\n"
+            f.write("\n# lifelong stack (pipeline/services/stack.py): TCP on loopback only (the port comes from stack.json),\n"
                     "# the unix socket in this directory, for the postgres user only\n"
                     "listen_addresses = '127.0.0.1'\n"
                     "unix_socket_directories = '.'\n"
@@ -524,9 +452,8 @@ class Postgres:
 
     def _ensure_role_and_databases(self) -> bool:
         """The role `lifelong` (its generated password, scram) owning the databases mlflow and mlflow_auth."""
-        from psycopg2 import sql
-
         import psycopg2
+        from psycopg2 import sql
 
         try:
             conn = _pg_connect(f"postgresql://postgres:{self.pg['superuser_password']}@{HOST}:{self.pg['port']}/postgres")
@@ -556,9 +483,9 @@ class Postgres:
         if not self.managed() or not _ours(pid, "postgres"):
             return
         subprocess.run([*_as_postgres(), _pg_bin("pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w",
-                        "-t", str(int(STOP_GRACE_S))], capture_output=True, cwd=self.sdir)
-        if _alive(pid):
-            _terminate(pid, grace=1.0)
+                        "-t", str(int(procs.STOP_GRACE_S))], capture_output=True, cwd=self.sdir)
+        if procs.alive(pid):
+            procs.terminate(pid, grace=1.0)
 
 
 # --- SeaweedFS (S3) -----------------------------------------------------------------------------
@@ -639,7 +566,7 @@ class SeaweedFS:
 
     def stop(self) -> None:
         if self.running():
-            _terminate(self.pid())  # `weed mini` stops cleanly in ~4 s
+            procs.terminate(self.pid())  # `weed mini` stops cleanly in ~4 s
         self.cfg["pids"].pop(self.name, None)
 
 
@@ -707,7 +634,7 @@ class MlflowServer:
 
     def stop(self) -> None:
         if self.running():
-            _terminate(self.pid())
+            procs.terminate(self.pid())
         self.cfg["pids"].pop(self.name, None)
 
 

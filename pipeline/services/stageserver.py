@@ -19,7 +19,7 @@ nothing costs one log line), forks the stage with the client's stdio, relays the
 forwards (Ctrl-C is KeyboardInterrupt in the stage, exit 130), and returns the stage's exit code
 (killed by signal N: 128+N, as a shell reports it).
 
-Safety: the socket lives in a private 0700 directory (cli.py). Every fork is made from the main thread
+Safety: the socket lives in a private 0700 directory (made by cli.py). Every fork is made from the main thread
 of the server or a handler, which start no threads of their own (importing torch, mlflow and diffusers
 does start a few idle native threads in the server; a fork copies only the calling thread), and the
 server never runs a torch op, so no forked child inherits an initialised OpenMP pool. After preloading,
@@ -28,7 +28,7 @@ touch, and so copy, every preloaded page on their first full collection. Nothing
 outlives it:
 - client dies (kill -9; its socket reaches EOF): the handler SIGKILLs the stage's process group;
 - server gets SIGTERM/SIGINT, or its parent (`lifelong repro`) dies: each handler SIGTERMs its stage's
-  process group, SIGKILLs it after STOP_GRACE_S, and the server exits once its handlers have;
+  process group, SIGKILLs it after procs.STOP_GRACE_S (pipeline/services/procs.py), and the server exits once its handlers have;
 - server is killed -9: the handlers get SIGTERM (PR_SET_PDEATHSIG) and stop their stages as above;
 - a handler is killed -9: its stage gets SIGKILL (PR_SET_PDEATHSIG).
 `lifelong repro` itself dying (kill -9) sends SIGTERM to the server (PR_SET_PDEATHSIG; once-a-second
@@ -51,8 +51,9 @@ import sys
 import time
 import warnings
 
-ENV_VAR = "LIFELONG_STAGE_SERVER"
-_IN_CHILD_VAR = "LIFELONG_STAGE_SERVER_CHILD"
+from pipeline.services import procs
+from pipeline.stage import IN_CHILD_VAR, recv_exact
+
 # What stages import; modules imported here are shared by every forked stage for free.
 WARM_MODULES = (
     "torch", "numpy", "yaml", "pydantic", "webdataset", "mlflow", "mlflow.data.meta_dataset",
@@ -63,27 +64,6 @@ WARM_MODULES = (
     "pipeline.train", "pipeline.evaluate", "pipeline.classifier", "pipeline.prepare", "pipeline.report",
 )
 REQUEST_TIMEOUT_S = 20.0  # a connected client sends its request at once; silence means it is stuck or not ours
-STOP_GRACE_S = 3.0  # SIGTERM -> SIGKILL delay when stopping stages (a stage may flush its logs meanwhile)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _send_msg(sock: socket.socket, obj, fds: list[int] | None = None) -> None:
-    data = json.dumps(obj).encode()
-    payload = struct.pack("!I", len(data)) + data
-    if fds:
-        socket.send_fds(sock, [payload], fds)
-    else:
-        sock.sendall(payload)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
 
 
 def _recv_request(sock: socket.socket) -> tuple[dict, list[int]]:
@@ -93,49 +73,11 @@ def _recv_request(sock: socket.socket) -> tuple[dict, list[int]]:
         if len(msg) < 4:
             raise EOFError
         (n,) = struct.unpack("!I", msg[:4])
-        return json.loads(_recv_exact(sock, n)), fds
+        return json.loads(recv_exact(sock, n)), fds
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
-
-
-# --- client side (inside each stage's `python -m pipeline.<stage>`) --------------------------------
-
-def maybe_forward(module: str) -> None:
-    """If a stage server is running for this run, let it run `module` and exit with its exit code."""
-    path = os.environ.get(ENV_VAR)
-    if not path or os.environ.get(_IN_CHILD_VAR):
-        return
-    deadline = time.time() + 180  # the server may still be importing for the first stage
-    while True:
-        try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(path)
-            break
-        except OSError:
-            sock.close()
-            if time.time() > deadline:
-                print(f"[stage-server] {path} not reachable; running in-process", file=sys.stderr)
-                return
-            time.sleep(0.2)
-    request = {"module": module, "argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}
-    _send_msg(sock, request, fds=[0, 1, 2])
-
-    def forward(signum, _frame):  # Ctrl-C / SIGTERM reach the stage as they would without the server
-        try:
-            sock.sendall(struct.pack("!i", signum))
-        except OSError:
-            pass
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    try:
-        (code,) = struct.unpack("!i", _recv_exact(sock, 4))
-    except (EOFError, OSError):
-        print("[stage-server] the server went away during the stage", file=sys.stderr)
-        code = 1
-    sys.exit(code)
 
 
 # --- server side ------------------------------------------------------------------------------
@@ -144,22 +86,10 @@ def _log(msg: str) -> None:
     print(f"[stage-server] {msg}", file=sys.stderr, flush=True)
 
 
-_libc = None
-
-
 def _die_with_parent(sig: int, parent: int) -> bool:
     """Have the kernel send `sig` to this process when its parent dies (Linux; elsewhere a no-op).
     Returns False when the parent is already gone: it may have died before the prctl took effect."""
-    global _libc
-    if sys.platform.startswith("linux"):
-        try:
-            if _libc is None:
-                import ctypes
-
-                _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+    procs.die_with_parent(sig)
     return os.getppid() == parent
 
 
@@ -198,13 +128,6 @@ def _drain(fd: int) -> None:
         while os.read(fd, 512):
             pass
     except BlockingIOError:
-        pass
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -252,7 +175,7 @@ def _run_stage(request: dict, fds: list[int], handler: int) -> None:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    os.environ[_IN_CHILD_VAR] = "1"
+    os.environ[IN_CHILD_VAR] = "1"
     sys.argv = [request["module"], *request["argv"]]
     if request["cwd"] not in sys.path:
         sys.path.insert(0, request["cwd"])
@@ -328,11 +251,11 @@ def _handle(conn: socket.socket, server: int, request_timeout: float) -> None:
     pending = b""
     while not _exited(pid):
         if stop:  # the server is stopping: TERM, a short grace, then KILL whatever is left of the group
-            _kill_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE_S
+            procs.send(pid, signal.SIGTERM, group=True)
+            deadline = time.monotonic() + procs.STOP_GRACE_S
             while not _exited(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            _kill_group(pid, signal.SIGKILL)
+            procs.send(pid, signal.SIGKILL, group=True)
             break
         readable, _, _ = select.select([conn, alarm], [], [], 1.0)
         if alarm in readable:
@@ -346,13 +269,13 @@ def _handle(conn: socket.socket, server: int, request_timeout: float) -> None:
             except OSError:
                 data = b""
             if not data:  # EOF: the client died (kill -9 cannot be forwarded): the stage dies with it
-                _kill_group(pid, signal.SIGKILL)
+                procs.send(pid, signal.SIGKILL, group=True)
                 break
             pending += data
             while len(pending) >= 4:
                 (signum,), pending = struct.unpack("!i", pending[:4]), pending[4:]
                 if 0 < signum < signal.NSIG:
-                    _kill_group(pid, signum)
+                    procs.send(pid, signum, group=True)
     code = _reap(pid)
     try:
         conn.sendall(struct.pack("!i", code))
@@ -465,11 +388,8 @@ def serve(path: str, *, preload=WARM_MODULES, request_timeout: float = REQUEST_T
         if handlers:
             _log(f"stopping ({', '.join(stopping) or 'error'}): ending {len(handlers)} running stage(s)")
         for pid in handlers:
-            try:
-                os.kill(pid, signal.SIGTERM)  # each handler TERMs, then KILLs, its stage's group
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + STOP_GRACE_S + 1.0  # within cli.py's 5 s before it SIGKILLs us
+            procs.send(pid, signal.SIGTERM)  # each handler TERMs, then KILLs, its stage's group
+        deadline = time.monotonic() + procs.STOP_GRACE_S + 1.0  # cli.py gives us 2 s more before its SIGKILL
         while handlers and time.monotonic() < deadline:
             time.sleep(0.05)
             reap()

@@ -1,6 +1,6 @@
 """The MLflow UI as a person sees it: `lifelong ui` in a real headless Chromium, with screenshots.
 
-    python -m pipeline.uicheck [--scenario label] [--run diffusion-finetune] [--out ui-check]
+    python -m pipeline.devtools.uicheck [--scenario label] [--run diffusion-finetune] [--out ui-check]
 
 Over the repository in the current directory (its params.yaml and tracking store), it starts
 `lifelong ui` on a free port, waits for /health, opens the pages a person opens after `lifelong
@@ -84,7 +84,7 @@ class UIServer:
     def start(self, timeout: float = SERVER_START_S) -> str:
         env = {**os.environ, **(self.env or {})}
         env["PYTHONUNBUFFERED"] = "1"
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "ui", "--port", "0"], cwd=self.cwd,
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.services.cli", "ui", "--port", "0"], cwd=self.cwd,
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         found = threading.Event()
@@ -418,7 +418,7 @@ def run_checks(ui: UIServer, out: Path, scenario: str | None = None, run: str | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.uicheck", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.devtools.uicheck", description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", help="default: the first scenario of params.yaml with a registered model")
     ap.add_argument("--run", help="default: the first run of that scenario with a registered model")
     ap.add_argument("--out", default="ui-check", help="folder for the screenshots and report.json")
