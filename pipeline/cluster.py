@@ -1,6 +1,9 @@
-"""What a stage needs before its Ray Train workers run on other machines: the code and environment
-it ships to them, a check that they run the driver's code, and a preflight that refuses a
-multi-node cluster the stage cannot work on.
+"""The Ray cluster of a stage: the one place that attaches to it or starts a local one, what a stage
+needs before its Ray Train workers run on other machines (the code and environment it ships to them, a
+check that they run the driver's code), and a preflight that refuses a multi-node cluster the stage
+cannot work on.
+
+- `connect_ray(params)`: ray.init, attached to ray.address / $RAY_ADDRESS or a private local cluster.
 
 - `runtime_env(...)`: the job's runtime_env. Workers always get the MLflow, AWS (artifact store),
   NCCL and lifelong variables of the driver; attached to a cluster this process did not start, they
@@ -18,6 +21,9 @@ import hashlib
 import os
 from pathlib import Path
 
+from pipeline.layout import TELEMETRY_OFF, layout
+from pipeline.params import Params, ParamsError, repo_root
+
 # Forwarded to every worker: where to log (MLflow), the artifact store's credentials (AWS), the
 # collective backend's settings (NCCL) and the pipeline's own switches (LIFELONG_*).
 FORWARDED_PREFIXES = ("MLFLOW_", "AWS_", "NCCL_", "LIFELONG_")
@@ -34,6 +40,48 @@ LOCAL_CLUSTER_ENV = "LIFELONG_LOCAL_CLUSTER"
 SHARED_FS_TYPES = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "cephfs", "lustre", "glusterfs", "gpfs",
                    "beegfs", "9p", "virtiofs", "fuse.sshfs", "fuse.gcsfuse", "fuse.s3fs", "fuse.juicefs",
                    "fuse.mountpoint-s3", "fuse.glusterfs", "fuse.cephfs", "efs"}
+
+
+def ray_address(params: Params) -> str | None:
+    """The cluster to attach to: ray.address, else $RAY_ADDRESS (the one `lifelong repro` keeps up)."""
+    return params.ray.address or os.environ.get("RAY_ADDRESS")
+
+
+def connect_ray(params: Params, **env: str) -> str:
+    """Attach to the configured cluster, or start a private local one; returns its GCS address.
+
+    The one place that calls ray.init. Workers get the MLflow, artifact-store, NCCL and lifelong
+    settings of this process (plus `env`); attached to a cluster that `lifelong repro` did not start
+    here, they also get this checkout's code as the job's working_dir (runtime_env, below). A local
+    cluster's dashboard (the State API TorchTrainer.fit polls) binds 127.0.0.1.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        address = ray_address(params)
+        job_env = runtime_env(repo_root(), dict(os.environ), ship_code=ships_code(address, os.environ),
+                              extra={**TELEMETRY_OFF, **env})
+        if address:
+            ray.init(address=address, runtime_env=job_env, log_to_driver=True)
+        else:  # "local": never attach to another cluster that happens to run on this host
+            ray.init(address="local", runtime_env=job_env, include_dashboard=True, dashboard_host="127.0.0.1")
+    return ray.get_runtime_context().gcs_address
+
+
+def check_cluster(params: Params) -> None:
+    """Before any worker starts: a cluster of several nodes needs a tracking server and shared files
+    (multi_node_problem, below); one clear error naming the key otherwise."""
+    import ray
+
+    lay = layout()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    # What the workers read and write by path: the storage root, or with none the checkout (data/shards, runs/).
+    root = params.storage.uri
+    paths = {"storage.uri": root} if root else {"storage.uri is null: the checkout holds shards and runs": lay.root}
+    problem = multi_node_problem(nodes=nodes, tracking_uri=lay.tracking_uri(params), mounts=read_mounts(), paths=paths)
+    if problem:
+        raise ParamsError(problem)
+
 
 
 class CodeMismatch(RuntimeError):

@@ -225,7 +225,7 @@ def on_gpu_worker(params, job: dict, num_gpus: float = 1):
     """`evaluate_run(**job)` as one Ray task holding `num_gpus` GPUs, on whichever node has them."""
     import ray
 
-    from pipeline.task import connect_ray
+    from pipeline.cluster import connect_ray
 
     connect_ray(params)
     task = ray.remote(num_gpus=num_gpus, num_cpus=1, max_retries=1)(evaluate_run)

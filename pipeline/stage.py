@@ -30,7 +30,6 @@ CONNECT_TIMEOUT_S = 180  # the server may still be importing for the first stage
 def run_stage(main) -> None:
     """Run the stage `main` (here, or in the warm stage server) and exit with its code."""
     from pipeline.params import ParamsError
-    from pipeline.registry import TrackingUnavailable
 
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None:
@@ -42,13 +41,15 @@ def run_stage(main) -> None:
         # does that for a cold stage, this for one forked from the warm stage server (torch is loaded)
         sys.modules["torch"].set_num_threads(int(threads))
 
-    user_errors: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, LookupError, TrackingUnavailable)
+    user_errors: tuple[type[BaseException], ...] = (ParamsError, FileNotFoundError, LookupError)
     try:
         code = main()
     except Exception as err:
-        # The data errors are user errors too, if the stage got as far as loading their modules (which
-        # import torch: seconds that `check` and `report` need not pay just for two exception classes).
-        for module, name in (("lifelong.data.sources", "DataSourceError"), ("lifelong.data.shards", "ShardError")):
+        # The tracking and data errors are user errors too, if the stage got as far as loading their
+        # modules (a stage that never did cannot raise them; and this module stays free of what the stage
+        # does, so that it is no dependency of every stage's result).
+        for module, name in (("pipeline.registry", "TrackingUnavailable"), ("lifelong.data.sources", "DataSourceError"),
+                             ("lifelong.data.shards", "ShardError")):
             if module in sys.modules:
                 user_errors += (getattr(sys.modules[module], name),)
         if not isinstance(err, user_errors):

@@ -1,5 +1,5 @@
 """What the train stage and the search share: a run's model config and budget, the `TaskTrainConfig`
-of one task, and the one place that starts or attaches to Ray and runs a `TorchTrainer`.
+of one task, and the one place that runs a `TorchTrainer` (on the cluster pipeline/cluster.py attaches to).
 
 `pipeline/train.py` (one task of a run, registered in MLflow) and `pipeline/tune.py` (a trial trains a
 prefix of the task sequence) both import this module; neither imports the other.
@@ -7,12 +7,11 @@ prefix of the task sequence) both import this module; neither imports the other.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
 from lifelong.catalog import run_spec
-from pipeline.layout import TELEMETRY_OFF
+from pipeline.cluster import check_cluster, code_digest, connect_ray, same_code
 from pipeline.params import Params
 
 
@@ -90,54 +89,6 @@ def use_local_mode(params: Params) -> bool:
     return params.train.num_workers == 1 and not params.train.use_gpu
 
 
-def ray_address(params: Params) -> str | None:
-    """The cluster to attach to: ray.address, else $RAY_ADDRESS (the one `lifelong repro` keeps up)."""
-    return params.ray.address or os.environ.get("RAY_ADDRESS")
-
-
-def connect_ray(params: Params, **env: str) -> str:
-    """Attach to the configured cluster, or start a private local one; returns its GCS address.
-
-    The one place that calls ray.init. Workers get the MLflow, artifact-store, NCCL and lifelong
-    settings of this process (plus `env`); attached to a cluster that `lifelong repro` did not start
-    here, they also get this checkout's code as the job's working_dir (pipeline/cluster.py). A local
-    cluster's dashboard (the State API TorchTrainer.fit polls) binds 127.0.0.1.
-    """
-    import ray
-
-    from pipeline.cluster import runtime_env, ships_code
-    from pipeline.params import repo_root
-
-    if not ray.is_initialized():
-        address = ray_address(params)
-        job_env = runtime_env(repo_root(), dict(os.environ), ship_code=ships_code(address, os.environ),
-                              extra={**TELEMETRY_OFF, **env})
-        if address:
-            ray.init(address=address, runtime_env=job_env, log_to_driver=True)
-        else:  # "local": never attach to another cluster that happens to run on this host
-            ray.init(address="local", runtime_env=job_env, include_dashboard=True, dashboard_host="127.0.0.1")
-    return ray.get_runtime_context().gcs_address
-
-
-def check_cluster(params: Params) -> None:
-    """Before any worker starts: a cluster of several nodes needs a tracking server and shared files
-    (pipeline/cluster.py::multi_node_problem); one clear error naming the key otherwise."""
-    import ray
-
-    from pipeline.cluster import multi_node_problem, read_mounts
-    from pipeline.layout import layout
-    from pipeline.params import ParamsError
-
-    lay = layout()
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    # What the workers read and write by path: the storage root, or with none the checkout (data/shards, runs/).
-    root = params.storage.uri
-    paths = {"storage.uri": root} if root else {"storage.uri is null: the checkout holds shards and runs": lay.root}
-    problem = multi_node_problem(nodes=nodes, tracking_uri=lay.tracking_uri(params), mounts=read_mounts(), paths=paths)
-    if problem:
-        raise ParamsError(problem)
-
-
 def checkpoints_kind(params: Params) -> str:
     """The train stage's checkpoints (lifelong.training): our own files in local mode, else Ray Train's."""
     return "files" if use_local_mode(params) else "ray"
@@ -164,8 +115,6 @@ def fit(cfg: dict, params: Params, *, name: str, storage_path: str, num_workers:
                          "keeps its own files, real Train workers keep Ray Train checkpoints ('ray')")
     if num_workers > 0:
         import ray
-
-        from pipeline.cluster import code_digest, same_code
 
         connect_ray(params, RAY_CHDIR_TO_TRIAL_DIR="0")
         if ray.get_runtime_context().get_actor_id() is None:  # the stage's driver (a Tune trial: its search's)

@@ -1,7 +1,7 @@
-"""Stage `tune` (tune/dvc.yaml): a Ray Tune search over one method's hyperparameters; and stage `tuned`.
+"""Stage `tune` (tune/dvc.yaml): a Ray Tune search over one method's hyperparameters.
 
     python -m pipeline.tune             # the search: results/tune/<method>.json and .png
-    python -m pipeline.tune --select    # stage `tuned`: results/tune/applied/<run>.json for the train stages
+                                        # (stage `tuned`, pipeline/tuned.py, hands the best config to training)
 
 Each trial is a Tune function trainable (the "driver") that runs the real training loop through
 Ray Train, one `TorchTrainer` per task of the tuned prefix (tune.tasks), with `train.num_workers`
@@ -20,42 +20,12 @@ import time
 from pathlib import Path
 
 from lifelong.catalog import run_spec
-from pipeline.layout import Layout, layout, read_json, write_json
+from pipeline.cluster import check_cluster, connect_ray
+from pipeline.layout import Layout, layout, write_json
 from pipeline.params import TUNABLE, Params, TuneParams, load_params, with_values
 from pipeline.stage import run_stage
-from pipeline.task import budget, check_cluster, connect_ray, fit, model_config
-
-# --- paths and the `tuned` selection (cheap: no torch, no Ray) ---------------------------------
-
-def result_path(lay: Layout, method: str) -> Path:
-    return lay.root / "results" / "tune" / f"{method}.json"
-
-
-def select(params: Params, lay: Layout) -> dict[str, dict]:
-    """What each label run's train stages apply: {} for every run, except tune.method's run under
-    train.use_tuned, which gets the search's best config."""
-    applied: dict[str, dict] = {run: {} for run in params.scenarios.label.runs}
-    if params.train.use_tuned:
-        method = params.tune.method
-        result = read_json(result_path(lay, method), what=f"the search result for {method}",
-                           fix=f"run `dvc repro tune/dvc.yaml` (tune.method: {method}) first, or set "
-                               "train.use_tuned: false")
-        applied[params.tune.run] = {"method": method, "run": params.tune.run, "config": result["best"]["config"],
-                                    "objective": result["best"]["objective"]}
-    return applied
-
-
-def write_applied(params: Params, lay: Layout) -> None:
-    """The `tuned` stage's output: results/tune/applied/<run>.json per label run. Unchanged files are
-    left untouched, so only the tuned run's train stages see a changed dependency. The folder is DVC's
-    declared output, so it exists even when the label scenario has no runs."""
-    lay.applied_dir.mkdir(parents=True, exist_ok=True)
-    for run, values in select(params, lay).items():
-        write_json(lay.applied(run), values)
-    for stale in lay.applied_dir.glob("*.json"):
-        if stale.stem not in params.scenarios.label.runs:
-            stale.unlink()
-
+from pipeline.task import budget, fit, model_config
+from pipeline.tuned import result_path, write_applied
 
 # --- the search space --------------------------------------------------------------------------
 
@@ -322,14 +292,9 @@ def plot(path: Path, rows: list[dict], tune_params: TuneParams, best: dict) -> N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--select", action="store_true", help="stage `tuned`: write results/tune/applied/<run>.json")
-    args = ap.parse_args(argv)
+    ap.parse_args(argv)  # --help, and no stray arguments
     params = load_params()
     lay = layout()
-    if args.select:
-        write_applied(params, lay)
-        return 0
-
     t0 = time.time()
     tp = params.tune
     if not lay.classifier.exists():

@@ -14,12 +14,37 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from lifelong.catalog import CATALOG
-from pipeline.params.search import (TUNABLE, UNTUNABLE_RUNS, SpaceParam, TuneParams, split_run, tunable_for,
-                                        tune_run, tune_space_errors, with_values)
-from pipeline.params.sections import (ClassifierParams, DataParams, DistillParams, EvalParams, GANParams,
-                                          ImageDataParams, ImageTaskParams, LifelongGANParams, MlflowParams,
-                                          ModelParams, PiggybackGANParams, PiggybackParams, RayParams, ScenarioParams,
-                                          ScenariosParams, StorageParams, TrainParams, _Section)
+from pipeline.params.search import (
+    TUNABLE,
+    UNTUNABLE_RUNS,
+    SpaceParam,
+    TuneParams,
+    split_run,
+    tunable_for,
+    tune_run,
+    tune_space_errors,
+    with_values,
+)
+from pipeline.params.sections import (
+    ClassifierParams,
+    DataParams,
+    DistillParams,
+    EvalParams,
+    GANParams,
+    ImageDataParams,
+    ImageTaskParams,
+    LifelongGANParams,
+    MlflowParams,
+    ModelParams,
+    PiggybackGANParams,
+    PiggybackParams,
+    RayParams,
+    ScenarioParams,
+    ScenariosParams,
+    StorageParams,
+    TrainParams,
+    _Section,
+)
 
 SCENARIOS = ("label", "image")
 TASKS_KEY = {"label": "data.tasks", "image": "image_data.tasks"}

@@ -11,8 +11,14 @@ from typing import Literal
 from pydantic import Field, ValidationError
 
 from lifelong.catalog import CATALOG
-from pipeline.params.sections import (DistillParams, GANParams, LifelongGANParams, PiggybackGANParams,
-                                          TrainParams, _Section)
+from pipeline.params.sections import (
+    DistillParams,
+    GANParams,
+    LifelongGANParams,
+    PiggybackGANParams,
+    TrainParams,
+    _Section,
+)
 
 
 def split_run(run: str) -> tuple[str, str]:

@@ -18,12 +18,12 @@ import sys
 import tempfile
 import time
 
-from pipeline.cluster import LOCAL_CLUSTER_ENV
+from pipeline.cluster import LOCAL_CLUSTER_ENV, connect_ray, ray_address
 from pipeline.layout import TELEMETRY_OFF, layout
 from pipeline.params import Params, ParamsError, load_params, repo_root
 from pipeline.plan import PLAN_FILE, chain_stages, write_plan
 from pipeline.services import procs, stack
-from pipeline.task import connect_ray, ray_address, use_local_mode
+from pipeline.task import use_local_mode
 
 # Stages every run chain needs; `lifelong repro -j N` runs them once, before the chains.
 SHARED_STAGES = ("check", "prepare", "prepare_image", "classifier", "tuned")

@@ -122,7 +122,7 @@ def test_a_method_outside_methods_can_be_tuned(raw):
 def test_train_stage_applies_the_tuned_config_to_its_own_label_run_only(raw, tmp_path):
     from pipeline.layout import Layout
     from pipeline.task import apply_tuned
-    from pipeline.tune import result_path, write_applied
+    from pipeline.tuned import result_path, write_applied
 
     raw["train"]["use_tuned"] = True
     raw["tune"]["method"] = "gan-lifelong_gan"
@@ -151,7 +151,7 @@ def test_tuned_stage_writes_its_output_folder_with_the_label_scenario_off(raw, t
     """`scenarios.label.runs: []` (an image-only run): the `tuned` stage still leaves its declared
     output, an empty results/tune/applied, so `dvc repro` does not fail on a missing output."""
     from pipeline.layout import Layout
-    from pipeline.tune import write_applied
+    from pipeline.tuned import write_applied
 
     raw["scenarios"]["label"]["runs"] = []
     lay = Layout(tmp_path)
