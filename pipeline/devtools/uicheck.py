@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -41,6 +40,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from pipeline.services import procs
 
 CHROMIUM = os.environ.get("LIFELONG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -117,19 +118,9 @@ class UIServer:
         return "".join(self.output[-lines:])
 
     def stop(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL after 10 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        for signum, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.proc.pid, signum)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=wait_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        """SIGTERM to the whole process group, SIGKILL after the grace (pipeline/services/procs.py)."""
+        if self.proc is not None:
+            procs.stop([self.proc])
 
     def __enter__(self) -> "UIServer":
         self.start()

@@ -19,8 +19,10 @@ nothing costs one log line), forks the stage with the client's stdio, relays the
 forwards (Ctrl-C is KeyboardInterrupt in the stage, exit 130), and returns the stage's exit code
 (killed by signal N: 128+N, as a shell reports it).
 
-Safety: the socket lives in a private 0700 directory (made by cli.py). Every fork is made from the main thread
-of the server or a handler, which start no threads of their own (importing torch, mlflow and diffusers
+The client side (what each stage's process does first, and the wire format) is pipeline/stage.py.
+
+Safety: the socket lives in a private 0700 directory (made by cli.py). Every fork is made from the main
+thread of the server or a handler, which start no threads of their own (importing torch, mlflow and diffusers
 does start a few idle native threads in the server; a fork copies only the calling thread), and the
 server never runs a torch op, so no forked child inherits an initialised OpenMP pool. After preloading,
 the server freezes its objects out of the garbage collector (gc.freeze) so that forked processes do not
@@ -28,7 +30,7 @@ touch, and so copy, every preloaded page on their first full collection. Nothing
 outlives it:
 - client dies (kill -9; its socket reaches EOF): the handler SIGKILLs the stage's process group;
 - server gets SIGTERM/SIGINT, or its parent (`lifelong repro`) dies: each handler SIGTERMs its stage's
-  process group, SIGKILLs it after procs.STOP_GRACE_S (pipeline/services/procs.py), and the server exits once its handlers have;
+  process group, SIGKILLs it after procs.STOP_GRACE_S, and the server exits once its handlers have;
 - server is killed -9: the handlers get SIGTERM (PR_SET_PDEATHSIG) and stop their stages as above;
 - a handler is killed -9: its stage gets SIGKILL (PR_SET_PDEATHSIG).
 `lifelong repro` itself dying (kill -9) sends SIGTERM to the server (PR_SET_PDEATHSIG; once-a-second
@@ -79,8 +81,6 @@ def _recv_request(sock: socket.socket) -> tuple[dict, list[int]]:
             os.close(fd)
         raise
 
-
-# --- server side ------------------------------------------------------------------------------
 
 def _log(msg: str) -> None:
     print(f"[stage-server] {msg}", file=sys.stderr, flush=True)
