@@ -7,6 +7,12 @@ import sys
 
 import pytest
 
+# Two tests at a time (`pytest -n 2`, the README's test command) on a machine of few cores: one torch
+# thread per test process (and for what it starts: stages, Ray workers), not one per core each, which
+# would have the two fight over the same cores. Set before anything imports torch.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 
 @pytest.fixture(autouse=True)
 def _hermetic_environment():

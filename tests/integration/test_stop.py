@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,8 +53,11 @@ def test_a_signal_stops_everything_and_leaves_it_resumable(clone, signum):
     params["data"]["tasks"] = [[0, 1]]
     params["tune"]["tasks"] = 1
     repo = clone(params)
-    stage_dirs_before = set(Path("/tmp").glob("lifelong-stages-*"))
-    proc = subprocess.Popen([str(BIN / "lifelong"), "repro"], cwd=repo, env=stage_env(), start_new_session=True,
+    # The stage server's private folder goes under a TMPDIR of this test's own (short: it holds a Unix
+    # socket), so that other tests running beside this one cannot add or remove folders it counts.
+    tmp = Path(tempfile.mkdtemp(prefix="ll-stop-"))
+    proc = subprocess.Popen([str(BIN / "lifelong"), "repro"], cwd=repo, env=stage_env({"TMPDIR": str(tmp)}),
+                            start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpt = _wait_for_checkpoint(repo, proc)
     t_signal = time.time()
@@ -68,7 +73,8 @@ def test_a_signal_stops_everything_and_leaves_it_resumable(clone, signum):
         time.sleep(0.2)
     assert not _processes_in(repo), _processes_in(repo)
     assert stopped_in < 15, f"stopped after {stopped_in:.1f}s"
-    assert set(Path("/tmp").glob("lifelong-stages-*")) == stage_dirs_before
+    assert not list(tmp.glob("lifelong-stages-*"))  # the stage server's folder is gone
+    shutil.rmtree(tmp, ignore_errors=True)
 
     # Nothing registered after the stop, no receipt, and training did not go on.
     receipt = repo / "results/receipts/label/diffusion-finetune/task-1.json"
