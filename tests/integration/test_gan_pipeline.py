@@ -41,6 +41,8 @@ def _registered(repo, name: str, version: str):
 
 
 def test_gan_methods_in_both_scenarios(clone):
+    """Slow (about 2 min): 6 GAN chains x 2 tasks (both scenarios, RGB images), then the registered
+    versions loaded back, in this process and in a fresh one."""
     params = tiny_params()
     params["scenarios"]["label"]["runs"] = LABEL_RUNS
     params["scenarios"]["image"]["runs"] = IMAGE_RUNS

@@ -42,6 +42,8 @@ def _versions(client, name: str) -> list[int]:
 
 
 def test_change_one_thing_reruns_only_what_it_touches(clone):
+    """Slow (about 3 min): 3 chains trained side by side, then each edit's `dvc status` and the reruns
+    it calls for, on the same clone in turn (each edit starts from what the one before left)."""
     params = tiny_params()
     params["scenarios"] = {"label": {"runs": LABEL_RUNS}, "image": {"runs": []}}
     repo = clone(params)

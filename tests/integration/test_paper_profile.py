@@ -15,6 +15,7 @@ RUNS = ["diffusion-generative_distillation", "diffusion-intermediate_distillatio
 
 
 def test_paper_profile_shrunk_runs_unconditional_gd_and_its_cheaper_variant(clone):
+    """Slow (about 1 min): 2 unconditional diffusion chains x 2 tasks through the real stages."""
     params = tiny_params("params-paper.yaml")
     params["scenarios"] = {"label": {"runs": RUNS}, "image": {"runs": []}}
     assert params["model"]["conditional"] is False and params["distill"]["replay_ddim_steps"] == 2

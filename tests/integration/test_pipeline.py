@@ -31,6 +31,9 @@ def _client(repo):
 
 
 def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone, tmp_path):
+    """Slow (about 6 min on 2 cores): 2 chains x 2 tasks through real DDP worker groups (~25 s each to
+    start), then the UI in Chromium, a pyfunc load and the evaluation as a Ray task, each in a process of
+    its own, and three cold `dvc repro`s. One chain serves all these checks."""
     repo = clone(tiny_params(train={"num_workers": 2}))
     out = run([str(BIN / "lifelong"), "repro"], repo)
     assert "Ray cluster for this run" in out.stdout  # one cluster for every train stage
@@ -141,6 +144,8 @@ def test_two_task_pipeline_with_ddp_registry_and_noop_rerun(clone, tmp_path):
 
 
 def test_interrupted_task_resumes_from_its_last_checkpoint(clone):
+    """Slow (about 1.5 min): a cold `dvc repro` killed -9 mid-task, then a warm `lifelong repro` that
+    resumes it."""
     params = tiny_params(train={"steps_per_task": 150, "checkpoint_every_steps": 5, "log_every_steps": 5})
     params["scenarios"]["label"] = {"runs": ["diffusion-finetune"]}
     params["data"]["tasks"] = [[0, 1]]

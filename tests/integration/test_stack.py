@@ -93,6 +93,7 @@ def http_status(url: str, auth: tuple[str, str] | None = None) -> int:
 
 
 def test_stack_up_write_down_up(root, monkeypatch):
+    """Slow (about 50 s): PostgreSQL, SeaweedFS and the MLflow server started twice, for real."""
     t0 = time.time()
     sdir = root / ".stack"
     res = lifelong_stack(root, "up", "--workers", "1")  # one uvicorn worker starts faster on a small machine

@@ -48,6 +48,7 @@ def _wait_for_checkpoint(repo: Path, proc: subprocess.Popen, timeout: float = 60
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_stops_everything_and_leaves_it_resumable(clone, signum):
+    """Slow (about 40 s each): a real `lifelong repro` started, stopped mid-task and inspected."""
     params = tiny_params(train={"steps_per_task": 2000, "checkpoint_every_steps": 5, "log_every_steps": 5})
     params["scenarios"]["label"] = {"runs": ["diffusion-finetune"]}
     params["data"]["tasks"] = [[0, 1]]

@@ -41,6 +41,9 @@ def _stale(repo) -> set[str]:
 
 
 def test_tiny_search_asha_mlflow_and_use_tuned(tmp_path):
+    """Slow (about 5 min): 3 trials x 2 tasks, each task a Ray Train worker group of its own inside a Tune
+    trial (the search as a cluster runs it), run one at a time so that ASHA's early stop is not left to
+    chance."""
     repo = make_clone(tmp_path / "repo", tiny_params(tune=TUNE))
     (repo / "tune").mkdir()
     shutil.copy(REPO / "tune" / "dvc.yaml", repo / "tune" / "dvc.yaml")
@@ -114,7 +117,9 @@ def test_gan_search_on_an_s3_root_piggyback_filter_ratio_and_use_tuned(tmp_path,
     """A GAN run through the same search, on an S3 storage root (a cluster's `storage.uri`): trials read
     the shards and the classifier published there and keep their Train runs there. piggyback_gan's filter
     ratio, its objective measured on every seen task with that task's own filters, and the train stage
-    of gan-piggyback_gan picking it up."""
+    of gan-piggyback_gan picking it up.
+
+    Slow (about 4 min): SeaweedFS, 2 trials x 2 tasks of Ray Train worker groups, then the tuned train stage."""
     env, s3, bucket = s3_root
     run_name = "gan-piggyback_gan"
     stage = f"train_label_gan@{run_name}-task1"

@@ -27,6 +27,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.serial, pytest.mark.timeout(1
 
 
 def test_two_chains_on_two_nodes_survive_a_node_kill(tmp_path):
+    """Slow (about 6 min, alone: `serial`): the team stack and two Ray nodes in namespaces of their own,
+    2 chains x 2 tasks of 2-rank DDP across the nodes, a raylet killed mid-task and a node added."""
     # Not pytest's tmp_path: the stack's PostgreSQL runs as `postgres`, which cannot enter /tmp/pytest-of-root.
     root = Path(tempfile.mkdtemp(prefix="lifelong-2n-"))
     root.chmod(0o755)

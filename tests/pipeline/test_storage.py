@@ -114,7 +114,9 @@ def _flaky_loop(config):
 def test_ray_checkpoints_on_s3_resume_a_failed_worker_group_and_hand_back_the_model(shard_dir, s3, tmp_path):
     """2 DDP workers read S3 shards, checkpoint to S3, lose the group at step 6 (max_failures=1), resume
     at step 4 from `get_checkpoint()`, and hand the final model back through the last checkpoint;
-    a second fit of the same run (a rerun of the stage) trains nothing and hands back the same model."""
+    a second fit of the same run (a rerun of the stage) trains nothing and hands back the same model.
+
+    Slow (about 2 min): three Ray Train worker groups (the first, the restarted one, the rerun's)."""
     import ray
     import ray.cloudpickle
     import torch
